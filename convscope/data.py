@@ -1,0 +1,459 @@
+"""Data: the IDX file format, MNIST, and DataLoaders that live in memory.
+
+MNIST ships as four IDX files (LeCun's format: a magic number, the dims, then raw big-endian
+values). `read_idx` reads one, checking everything a damaged or foreign file can get wrong
+before it allocates. `mnist()` finds the four files, `DataLoaders.from_data` keeps the whole
+set as one uint8 tensor (N, C, H, W) on the target device and cuts batches by indexing it,
+which is what makes an epoch cheap: no worker processes, no per-item Python, one float
+conversion per batch.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import math
+import os
+import struct
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+# dtype code (third byte of the magic number) -> (numpy big-endian dtype, name)
+IDX_DTYPES = {
+    0x08: (np.dtype(">u1"), "uint8"),
+    0x09: (np.dtype(">i1"), "int8"),
+    0x0B: (np.dtype(">i2"), "int16"),
+    0x0C: (np.dtype(">i4"), "int32"),
+    0x0D: (np.dtype(">f4"), "float32"),
+    0x0E: (np.dtype(">f8"), "float64"),
+}
+
+MNIST_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "valid_images": "t10k-images-idx3-ubyte",
+    "valid_labels": "t10k-labels-idx1-ubyte",
+}
+# MD5 of the decompressed bytes, as published with the dataset.
+MNIST_MD5 = {
+    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+}
+MNIST_MIRRORS = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+)
+EMBEDDED_MNIST = Path(__file__).parent / "datasets" / "mnist"
+
+
+def _open_idx(path: Path) -> tuple[object, int]:
+    """Open an IDX file, raw or gzipped; return the stream and the size of its content."""
+    if path.suffix == ".gz":
+        # gzip's trailer holds the uncompressed size mod 2**32: exact for any IDX file that
+        # fits in memory, and read without decompressing anything.
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() < 18:
+                raise ValueError(f"{path}: not a gzip file ({f.tell()} bytes is too short).")
+            f.seek(-4, os.SEEK_END)
+            (size,) = struct.unpack("<I", f.read(4))
+        return gzip.open(path, "rb"), size
+    return open(path, "rb"), path.stat().st_size
+
+
+def read_idx(path: str | Path, md5: str | None = None) -> np.ndarray:
+    """Read one IDX file (raw or .gz) into a numpy array of its native dtype.
+
+    The header is checked against the file before anything is allocated: a header whose
+    dims do not match the data size is refused, so a corrupt file cannot ask for terabytes.
+
+    Args:
+        path: the file.
+        md5: expected MD5 of the decompressed bytes, or None to skip the check.
+    Returns:
+        an array of shape given by the header, e.g. (60000, 28, 28) uint8 for MNIST images.
+    Raises:
+        ValueError: naming the file and what is wrong with it.
+
+    >>> read_idx(EMBEDDED_MNIST / "t10k-labels-idx1-ubyte.gz").shape
+    (10000,)
+    """
+    path = Path(path)
+    try:
+        stream, size = _open_idx(path)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file.") from None
+    digest = hashlib.md5() if md5 else None
+    try:
+        with stream as f:  # type: ignore[attr-defined]
+            head = f.read(4)
+            if len(head) < 4:
+                raise ValueError(f"{path}: truncated: {len(head)} bytes, an IDX header needs 4.")
+            if head[0] != 0 or head[1] != 0 or head[2] not in IDX_DTYPES:
+                raise ValueError(
+                    f"{path}: wrong magic number {head.hex()}: an IDX file starts with two zero "
+                    f"bytes, a dtype code in {[hex(c) for c in IDX_DTYPES]} and the number of dims."
+                )
+            dtype, _ = IDX_DTYPES[head[2]]
+            ndim = head[3]
+            if ndim == 0:
+                raise ValueError(f"{path}: header says 0 dims; expected at least 1.")
+            raw_dims = f.read(4 * ndim)
+            if len(raw_dims) < 4 * ndim:
+                raise ValueError(f"{path}: truncated in the header: {ndim} dims need "
+                                 f"{4 * ndim} bytes, found {len(raw_dims)}.")
+            dims = struct.unpack(f">{ndim}I", raw_dims)
+            n_bytes = math.prod(dims) * dtype.itemsize
+            header = 4 + 4 * ndim
+            if header + n_bytes != size:
+                kind = "truncated" if header + n_bytes > size else "has trailing bytes"
+                raise ValueError(
+                    f"{path}: {kind}: the header's dims {dims} of {dtype.name} need "
+                    f"{n_bytes} bytes of data, the file holds {size - header}."
+                )
+            data = f.read(n_bytes)
+            if len(data) != n_bytes:  # the gzip trailer can lie, the stream cannot
+                raise ValueError(f"{path}: truncated: expected {n_bytes} bytes of data, "
+                                 f"read {len(data)}.")
+            if digest is not None:
+                digest.update(head + raw_dims + data)
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise ValueError(f"{path}: cannot be read as IDX: {e}") from None
+    if digest is not None and digest.hexdigest() != md5:
+        raise ValueError(f"{path}: checksum mismatch: expected MD5 {md5}, "
+                         f"got {digest.hexdigest()}. The file is damaged or not the original.")
+    return np.frombuffer(data, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+@dataclass
+class ImageData:
+    """A labelled image set split in two, as uint8 images (N, C, H, W) and int64 labels (N,)."""
+
+    x_train: Tensor
+    y_train: Tensor
+    x_valid: Tensor
+    y_valid: Tensor
+    classes: list[str]
+    source: str
+
+    def subset(self, n_train: int, n_valid: int | None = None, seed: int = 0) -> ImageData:
+        """A random subset of each split (the same for the same seed), e.g. for quick tests."""
+        g = torch.Generator().manual_seed(seed)
+        it = torch.randperm(len(self.y_train), generator=g)[:n_train]
+        iv = torch.randperm(len(self.y_valid), generator=g)[: n_valid or len(self.y_valid)]
+        return ImageData(self.x_train[it], self.y_train[it], self.x_valid[iv], self.y_valid[iv],
+                         self.classes, f"{self.source} (subset {len(it)}/{len(iv)})")
+
+    def split(self, valid_pct: float, seed: int = 0) -> ImageData:
+        """Hold out `valid_pct` of the training set as the valid set (the test set is unused)."""
+        if not 0 < valid_pct < 1:
+            raise ValueError(f"valid_pct must be in (0, 1). Received: valid_pct={valid_pct}.")
+        g = torch.Generator().manual_seed(seed)
+        perm = torch.randperm(len(self.y_train), generator=g)
+        n_valid = int(round(valid_pct * len(perm)))
+        iv, it = perm[:n_valid], perm[n_valid:]
+        return ImageData(self.x_train[it], self.y_train[it], self.x_train[iv], self.y_train[iv],
+                         self.classes, f"{self.source} (held-out {valid_pct:.0%} of train)")
+
+
+def _find(folder: Path, name: str) -> Path | None:
+    for candidate in (folder / f"{name}.gz", folder / name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def missing_idx_files(folder: str | Path) -> list[str]:
+    """The MNIST-layout file names that `folder` lacks (raw or .gz), empty when complete."""
+    return [name for name in MNIST_FILES.values() if _find(Path(folder), name) is None]
+
+
+def idx_folder(folder: str | Path, md5: dict[str, str] | None = None) -> ImageData:
+    """Load a dataset in MNIST's layout from a folder holding its four IDX files.
+
+    The files are those of MNIST (train-images-idx3-ubyte and so on, raw or .gz), which is also
+    how Fashion-MNIST and KMNIST ship. The valid split is the test set ('t10k').
+
+    Raises:
+        ValueError: the folder lacks files (they are listed), or a file is bad.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"Data folder not found. Received: {str(folder)!r}. Expected a folder "
+                         f"holding {', '.join(MNIST_FILES.values())} (raw or .gz).")
+    missing = missing_idx_files(folder)
+    if missing:
+        raise ValueError(f"Data folder {str(folder)!r} lacks {', '.join(missing)} "
+                         f"(raw or .gz).")
+    md5 = md5 or {}
+    arrays = {}
+    for key, name in MNIST_FILES.items():
+        arrays[key] = read_idx(_find(folder, name), md5.get(name))  # type: ignore[arg-type]
+    for split in ("train", "valid"):
+        x, y = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        xfile, yfile = MNIST_FILES[f"{split}_images"], MNIST_FILES[f"{split}_labels"]
+        if x.ndim != 3 or x.dtype != np.uint8:
+            raise ValueError(f"{folder / xfile}: expected uint8 images of shape (N, H, W), "
+                             f"got {x.dtype} of shape {x.shape}.")
+        if y.ndim != 1:
+            raise ValueError(f"{folder / yfile}: expected labels of shape (N,), got {y.shape}.")
+        if len(x) != len(y):
+            raise ValueError(f"{folder}: {xfile} holds {len(x)} images but {yfile} holds "
+                             f"{len(y)} labels.")
+    if arrays["train_images"].shape[1:] != arrays["valid_images"].shape[1:]:
+        raise ValueError(f"{folder}: train images are {arrays['train_images'].shape[1:]}, "
+                         f"test images {arrays['valid_images'].shape[1:]}; they must match.")
+    y_train = torch.from_numpy(arrays["train_labels"].astype(np.int64))
+    y_valid = torch.from_numpy(arrays["valid_labels"].astype(np.int64))
+    n_classes = int(max(y_train.max(), y_valid.max())) + 1 if len(y_train) else 0
+    for name, y in ((MNIST_FILES["train_labels"], y_train), (MNIST_FILES["valid_labels"], y_valid)):
+        if len(y) and int(y.min()) < 0:
+            raise ValueError(f"{folder / name}: labels must be >= 0, found {int(y.min())}.")
+    if n_classes > 1000:
+        raise ValueError(f"{folder}: labels go up to {n_classes - 1}; expected class indices "
+                         f"below 1000. Are the label files really labels?")
+    return ImageData(
+        torch.from_numpy(arrays["train_images"]).unsqueeze(1),  # (N, 1, H, W)
+        y_train,
+        torch.from_numpy(arrays["valid_images"]).unsqueeze(1),
+        y_valid,
+        classes=[str(i) for i in range(n_classes)],
+        source=str(folder),
+    )
+
+
+def cache_dir() -> Path:
+    """Where downloaded datasets are kept: $XDG_CACHE_HOME/convscope or ~/.cache/convscope."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "convscope"
+
+
+def _download_mnist(dest: Path, timeout: float = 20.0) -> None:
+    """Fetch the four MNIST files into `dest`, checking each MD5 before keeping it."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name, md5 in MNIST_MD5.items():
+        if _find(dest, name):
+            continue
+        errors = []
+        for mirror in MNIST_MIRRORS:
+            try:
+                with urllib.request.urlopen(mirror + name + ".gz", timeout=timeout) as r:
+                    payload = r.read()
+                got = hashlib.md5(gzip.decompress(payload)).hexdigest()
+                if got != md5:
+                    raise ValueError(f"checksum mismatch: expected {md5}, got {got}")
+            except (urllib.error.URLError, OSError, ValueError, EOFError) as e:
+                errors.append(f"{mirror}: {e}")
+                continue
+            atomic_write_bytes(dest / f"{name}.gz", payload)
+            break
+        else:
+            raise OSError("; ".join(errors))
+
+
+def mnist(path: str | Path | None = None, download: bool = True) -> ImageData:
+    """MNIST: 60,000 training and 10,000 test digits, (N, 1, 28, 28) uint8, checksums verified.
+
+    Looks, in order: `path`; $CONVSCOPE_DATA; the copy embedded in the package; the user cache
+    (`cache_dir()/mnist`); then downloads into the cache from public mirrors.
+
+    >>> data = mnist()
+    >>> tuple(data.x_train.shape), tuple(data.x_valid.shape)
+    ((60000, 1, 28, 28), (10000, 1, 28, 28))
+    """
+    looked = []
+    candidates = []
+    if path is not None:
+        candidates.append(("path", Path(path)))
+    if os.environ.get("CONVSCOPE_DATA"):
+        candidates.append(("$CONVSCOPE_DATA", Path(os.environ["CONVSCOPE_DATA"])))
+    candidates += [("embedded copy", EMBEDDED_MNIST), ("cache", cache_dir() / "mnist")]
+    for label, folder in candidates:
+        if folder.is_dir() and not missing_idx_files(folder):
+            return idx_folder(folder, md5=MNIST_MD5)
+        looked.append(f"{label} {folder}")
+        if label == "path":  # an explicit path that does not hold MNIST is an error, not a hint
+            raise ValueError(f"No MNIST at {str(folder)!r}: it lacks "
+                             f"{', '.join(missing_idx_files(folder)) or 'the folder itself'}.")
+    if download:
+        target = cache_dir() / "mnist"
+        try:
+            _download_mnist(target)
+            return idx_folder(target, md5=MNIST_MD5)
+        except OSError as e:
+            looked.append(f"download ({e})")
+    raise FileNotFoundError(
+        "MNIST not found. Looked in: " + "; ".join(looked) + ". Put the four files "
+        f"({', '.join(MNIST_FILES.values())}, raw or .gz) in a folder and pass it as "
+        "`--data DIR`, `mnist(path)` or $CONVSCOPE_DATA."
+    )
+
+
+def atomic_write_bytes(path: str | Path, payload: bytes) -> None:
+    """Write a file so that it is either complete or absent: temp file, fsync, rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; give the mode a plain open() would
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class DataLoader:
+    """Batches cut from uint8 images held in memory, normalised on the fly.
+
+    Iterating gives (x, y): x float32 (B, C, H, W), normalised by the per-channel `mean` and
+    `std` (in 0..1 units), y int64 (B,). Shuffling draws from a generator seeded with `seed`
+    and advanced once per epoch, so a run is repeatable.
+    """
+
+    def __init__(self, x: Tensor, y: Tensor, bs: int, shuffle: bool = False, seed: int = 0,
+                 mean: Tensor | None = None, std: Tensor | None = None,
+                 drop_last: bool = False) -> None:
+        if x.dtype != torch.uint8 or x.ndim != 4:
+            raise ValueError(f"Expected uint8 images of shape (N, C, H, W). Received: "
+                             f"{x.dtype} of shape {tuple(x.shape)}.")
+        if bs < 1:
+            raise ValueError(f"Batch size must be at least 1. Received: bs={bs}.")
+        self.x, self.y, self.bs = x, y, bs
+        self.shuffle, self.drop_last = shuffle, drop_last
+        self.generator = torch.Generator().manual_seed(seed)
+        c = x.shape[1]
+        mean = torch.full((c,), 0.5) if mean is None else mean
+        std = torch.full((c,), 0.5) if std is None else std
+        # x_norm = (x/255 - mean) / std  ==  x * scale + shift, one fused op per batch
+        self.scale = (1 / (255 * std)).view(1, c, 1, 1).to(x.device)
+        self.shift = (-mean / std).view(1, c, 1, 1).to(x.device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.x.device
+
+    def __len__(self) -> int:
+        n = len(self.y)
+        return n // self.bs if self.drop_last else math.ceil(n / self.bs)
+
+    def normalize(self, xb: Tensor) -> Tensor:
+        """uint8 (B, C, H, W) -> float32 (B, C, H, W), normalised."""
+        return torch.addcmul(self.shift, xb.float(), self.scale)
+
+    def decode(self, xb: Tensor) -> Tensor:
+        """Normalised float batch -> uint8 pixels, the inverse of `normalize`."""
+        return ((xb - self.shift) / self.scale).round().clamp(0, 255).to(torch.uint8)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        n = len(self.y)
+        if self.shuffle:
+            order = torch.randperm(n, generator=self.generator).to(self.device)
+        else:
+            order = None
+        for i in range(len(self)):
+            if order is None:
+                sl = slice(i * self.bs, (i + 1) * self.bs)
+                xb, yb = self.x[sl], self.y[sl]
+            else:
+                idx = order[i * self.bs:(i + 1) * self.bs]
+                xb, yb = self.x[idx], self.y[idx]
+            yield self.normalize(xb), yb
+
+    def one_batch(self) -> tuple[Tensor, Tensor]:
+        """The first batch, without advancing the shuffling generator."""
+        state = self.generator.get_state()
+        batch = next(iter(self))
+        self.generator.set_state(state)
+        return batch
+
+
+def channel_stats(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and std of uint8 images (N, C, H, W), in 0..1 units."""
+    xf = x.float()
+    return xf.mean(dim=(0, 2, 3)) / 255, xf.std(dim=(0, 2, 3)).clamp_min(1e-3) / 255
+
+
+class DataLoaders:
+    """A train and a valid DataLoader with the class names they share."""
+
+    def __init__(self, train: DataLoader, valid: DataLoader, classes: list[str]) -> None:
+        self.train, self.valid, self.classes = train, valid, classes
+
+    @property
+    def c(self) -> int:
+        """Number of classes."""
+        return len(self.classes)
+
+    @property
+    def in_channels(self) -> int:
+        return self.train.x.shape[1]
+
+    @property
+    def device(self) -> torch.device:
+        return self.train.device
+
+    @classmethod
+    def from_data(cls, data: ImageData, bs: int = 512, seed: int = 0,
+                  device: str | torch.device = "cpu", valid_bs: int | None = None,
+                  stats: tuple[Tensor, Tensor] | None = None) -> DataLoaders:
+        """Put `data` on `device` and make loaders; normalisation stats come from the train set.
+
+        Args:
+            data: the images and labels.
+            bs: training batch size; the valid set uses `valid_bs` (default 2 * bs), since
+                evaluation keeps no activations for a backward pass.
+            seed: seeds the shuffling of the training set.
+            device: where the data and every batch live.
+            stats: per-channel (mean, std) in 0..1 units, e.g. those a model was trained with;
+                computed from the training images when None.
+        """
+        if bs < 1:
+            raise ValueError(f"Batch size must be at least 1. Received: bs={bs}.")
+        if len(data.y_train) == 0 or len(data.y_valid) == 0:
+            raise ValueError(f"Need images in both splits. Received: {len(data.y_train)} train "
+                             f"and {len(data.y_valid)} valid images.")
+        mean, std = channel_stats(data.x_train) if stats is None else stats
+        dev = torch.device(device)
+        train = DataLoader(data.x_train.to(dev), data.y_train.to(dev), bs, shuffle=True,
+                           seed=seed, mean=mean, std=std)
+        valid = DataLoader(data.x_valid.to(dev), data.y_valid.to(dev), valid_bs or 2 * bs,
+                           mean=mean, std=std)
+        return cls(train, valid, data.classes)
+
+    @property
+    def stats(self) -> tuple[Tensor, Tensor]:
+        """The per-channel (mean, std), in 0..1 units, that batches are normalised with."""
+        scale, shift = self.train.scale.flatten().cpu(), self.train.shift.flatten().cpu()
+        std = 1 / (255 * scale)
+        return -shift * std, std
+
+    def show_batch(self, n: int = 9, save: str | Path | None = None, valid: bool = False):
+        """Draw `n` images of a batch in a grid with their labels; return the figure.
+
+        Args:
+            n: how many images (at most one batch).
+            save: a PNG path to write, or None.
+            valid: take the batch from the valid set rather than the (shuffled) train set.
+        """
+        from convscope import plots
+
+        dl = self.valid if valid else self.train
+        xb, yb = dl.one_batch()
+        images = dl.decode(xb[:n]).cpu()
+        labels = [self.classes[int(i)] for i in yb[:n].cpu()]
+        return plots.show_images(images, labels, save=save)

@@ -1,0 +1,244 @@
+import gzip
+import hashlib
+import struct
+
+import numpy as np
+import pytest
+import torch
+from conftest import idx_bytes, write_idx_folder
+
+from convscope import data as data_mod
+from convscope.data import (
+    MNIST_MD5,
+    DataLoader,
+    DataLoaders,
+    idx_folder,
+    missing_idx_files,
+    mnist,
+    read_idx,
+)
+
+
+# --- read_idx ----------------------------------------------------------------------------
+@pytest.mark.parametrize("code,dtype", [(0x08, np.uint8), (0x09, np.int8), (0x0B, np.int16),
+                                        (0x0C, np.int32), (0x0D, np.float32),
+                                        (0x0E, np.float64)])
+@pytest.mark.parametrize("gz", [False, True])
+def test_read_idx_roundtrips_every_dtype(tmp_path, code, dtype, gz):
+    arr = (np.arange(24).reshape(2, 3, 4) - 5).astype(dtype)
+    if code == 0x08:
+        arr = np.abs(arr)
+    payload = idx_bytes(arr, code)
+    path = tmp_path / ("f.gz" if gz else "f")
+    path.write_bytes(gzip.compress(payload) if gz else payload)
+    out = read_idx(path, md5=hashlib.md5(payload).hexdigest())
+    assert out.dtype == dtype and out.shape == (2, 3, 4)
+    np.testing.assert_array_equal(out, arr)
+
+
+def test_read_idx_wrong_magic(tmp_path):
+    path = tmp_path / "bad"
+    path.write_bytes(b"\x01\x02\x08\x01" + b"\x00" * 8)
+    with pytest.raises(ValueError, match=r"bad: wrong magic number 01020801"):
+        read_idx(path)
+
+
+@pytest.mark.parametrize("cut", [0, 2, 5, 8, 11])
+def test_read_idx_truncated_at_each_header_boundary(tmp_path, cut):
+    payload = idx_bytes(np.zeros((2, 3), np.uint8))  # 4 magic + 8 dims + 6 data
+    path = tmp_path / "t"
+    path.write_bytes(payload[:cut])
+    with pytest.raises(ValueError, match=r"t: (truncated|wrong magic)"):
+        read_idx(path)
+
+
+def test_read_idx_truncated_data(tmp_path):
+    path = tmp_path / "t.gz"
+    path.write_bytes(gzip.compress(idx_bytes(np.zeros((10, 5), np.uint8))[:-7]))
+    with pytest.raises(ValueError,
+                       match=r"t.gz: truncated: .*\(10, 5\).* need 50 bytes.*holds 43"):
+        read_idx(path)
+
+
+def test_read_idx_trailing_bytes(tmp_path):
+    path = tmp_path / "t"
+    path.write_bytes(idx_bytes(np.zeros((4,), np.uint8)) + b"xx")
+    with pytest.raises(ValueError, match="has trailing bytes"):
+        read_idx(path)
+
+
+def test_read_idx_refuses_huge_dims_before_allocating(tmp_path):
+    # dims 2**32-1 cubed: reading this naively would ask for ~10**28 bytes
+    path = tmp_path / "huge"
+    path.write_bytes(bytes([0, 0, 8, 3]) + struct.pack(">3I", *[2**32 - 1] * 3) + b"\0" * 16)
+    with pytest.raises(ValueError, match="huge: truncated: the header's dims"):
+        read_idx(path)
+
+
+def test_read_idx_checksum_mismatch(tmp_path):
+    path = tmp_path / "c"
+    path.write_bytes(idx_bytes(np.ones((3,), np.uint8)))
+    with pytest.raises(ValueError, match=r"checksum mismatch: expected MD5 0{32}, got [0-9a-f]{32}"
+                       ):
+        read_idx(path, md5="0" * 32)
+
+
+def test_read_idx_not_gzip(tmp_path):
+    path = tmp_path / "x.gz"
+    path.write_bytes(b"this is not gzip at all, honestly")
+    with pytest.raises(ValueError, match="x.gz: cannot be read as IDX"):
+        read_idx(path)
+
+
+def test_read_idx_missing_file(tmp_path):
+    with pytest.raises(ValueError, match="no such file"):
+        read_idx(tmp_path / "nope")
+
+
+# --- folders and MNIST -------------------------------------------------------------------
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_folder_loads_nchw_uint8(tmp_path, gz):
+    data = idx_folder(write_idx_folder(tmp_path / "d", gz=gz))
+    assert data.x_train.shape == (40, 1, 28, 28) and data.x_train.dtype == torch.uint8
+    assert data.y_valid.shape == (20,) and data.y_valid.dtype == torch.int64
+    assert data.classes == [str(i) for i in range(int(max(data.y_train.max(),
+                                                         data.y_valid.max())) + 1)]
+
+
+def test_idx_folder_lists_missing_files(tmp_path):
+    folder = write_idx_folder(tmp_path / "d")
+    (folder / "t10k-labels-idx1-ubyte.gz").unlink()
+    assert missing_idx_files(folder) == ["t10k-labels-idx1-ubyte"]
+    with pytest.raises(ValueError, match="lacks t10k-labels-idx1-ubyte"):
+        idx_folder(folder)
+
+
+def test_idx_folder_image_label_count_mismatch(tmp_path):
+    folder = write_idx_folder(tmp_path / "d")
+    (folder / "train-labels-idx1-ubyte.gz").write_bytes(
+        gzip.compress(idx_bytes(np.zeros(39, np.uint8))))
+    with pytest.raises(ValueError, match="holds 40 images but train-labels-idx1-ubyte holds 39"):
+        idx_folder(folder)
+
+
+def test_embedded_mnist_is_complete_and_verified():
+    data = mnist()
+    assert data.x_train.shape == (60000, 1, 28, 28)
+    assert data.x_valid.shape == (10000, 1, 28, 28)
+    assert data.classes == [str(i) for i in range(10)]
+    assert torch.bincount(data.y_train).min() > 5000  # every digit well represented
+
+
+def test_mnist_explicit_path_must_hold_the_files(tmp_path):
+    with pytest.raises(ValueError, match="No MNIST at .*lacks train-images-idx3-ubyte"):
+        mnist(tmp_path)
+
+
+def test_mnist_verifies_checksums(tmp_path):
+    # a folder in MNIST's layout whose content is not MNIST fails the MD5 check
+    folder = write_idx_folder(tmp_path / "fake")
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        mnist(folder)
+
+
+def test_mnist_search_order(tmp_path, monkeypatch):
+    monkeypatch.setattr(data_mod, "EMBEDDED_MNIST", tmp_path / "no-embedded")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("CONVSCOPE_DATA", str(tmp_path / "env"))
+    with pytest.raises(FileNotFoundError) as err:
+        mnist(download=False)
+    msg = str(err.value)
+    assert msg.index("$CONVSCOPE_DATA") < msg.index("embedded") < msg.index("cache")
+    assert "--data DIR" in msg
+    # $CONVSCOPE_DATA is used when it holds the files (here: the real ones, copied)
+    real = data_mod.Path(data_mod.__file__).parent / "datasets" / "mnist"
+    (tmp_path / "env").mkdir()
+    for f in real.iterdir():
+        (tmp_path / "env" / f.name).write_bytes(f.read_bytes())
+    assert mnist(download=False).source == str(tmp_path / "env")
+
+
+def test_mnist_download_failure_is_reported(tmp_path, monkeypatch):
+    monkeypatch.setattr(data_mod, "EMBEDDED_MNIST", tmp_path / "none")
+    monkeypatch.delenv("CONVSCOPE_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(data_mod, "MNIST_MIRRORS", ("http://127.0.0.1:9/",))
+    with pytest.raises(FileNotFoundError, match=r"download \(http://127.0.0.1:9/"):
+        mnist()
+
+
+def test_md5_table_matches_embedded_files():
+    for name, md5 in MNIST_MD5.items():
+        raw = gzip.decompress((data_mod.EMBEDDED_MNIST / f"{name}.gz").read_bytes())
+        assert hashlib.md5(raw).hexdigest() == md5
+
+
+def test_subset_and_split(toy):
+    sub = toy.subset(10, 5, seed=1)
+    assert len(sub.y_train) == 10 and len(sub.y_valid) == 5
+    assert torch.equal(sub.x_train, toy.subset(10, 5, seed=1).x_train)
+    split = toy.split(0.25)
+    assert len(split.y_valid) == 64 and len(split.y_train) == 192
+    with pytest.raises(ValueError, match=r"valid_pct must be in \(0, 1\). Received: valid_pct=1"):
+        toy.split(1)
+
+
+# --- DataLoader ---------------------------------------------------------------------------
+def test_loader_batches_and_normalisation(toy):
+    dls = DataLoaders.from_data(toy, bs=64)
+    batches = list(dls.train)
+    assert len(batches) == len(dls.train) == 4
+    xb, yb = batches[0]
+    assert xb.shape == (64, 1, 16, 16) and xb.dtype == torch.float32 and yb.dtype == torch.int64
+    allx = torch.cat([b[0] for b in batches])
+    assert abs(allx.mean().item()) < 1e-3 and abs(allx.std().item() - 1) < 1e-2
+    # decode inverts normalize exactly
+    assert torch.equal(dls.train.decode(dls.train.normalize(toy.x_train[:8])), toy.x_train[:8])
+
+
+def test_loader_shuffles_each_epoch_covering_every_item_once(toy):
+    dl = DataLoaders.from_data(toy, bs=50, seed=3).train
+    assert len(dl) == 6  # 256 / 50, last batch partial
+    epoch1 = torch.cat([y for _, y in dl])
+    epoch2 = torch.cat([y for _, y in dl])
+    assert sorted(epoch1.tolist()) == sorted(toy.y_train.tolist())
+    assert not torch.equal(epoch1, epoch2)
+    again = DataLoaders.from_data(toy, bs=50, seed=3).train
+    assert torch.equal(torch.cat([y for _, y in again]), epoch1)
+
+
+def test_valid_loader_is_ordered_with_bigger_batches(toy):
+    dls = DataLoaders.from_data(toy, bs=32)
+    assert dls.valid.bs == 64
+    assert torch.equal(torch.cat([y for _, y in dls.valid]), toy.y_valid)
+
+
+def test_loader_rejects_bad_input(toy):
+    with pytest.raises(ValueError, match=r"Expected uint8 images of shape \(N, C, H, W\). "
+                                         r"Received: torch.float32"):
+        DataLoader(toy.x_train.float(), toy.y_train, 8)
+    with pytest.raises(ValueError, match="Batch size must be at least 1. Received: bs=0"):
+        DataLoaders.from_data(toy, bs=0)
+
+
+def test_one_batch_does_not_advance_the_shuffle(toy):
+    dl = DataLoaders.from_data(toy, bs=32).train
+    first = dl.one_batch()[1]
+    assert torch.equal(first, next(iter(dl))[1])
+
+
+def test_show_batch_returns_figure_and_writes_png(toy, tmp_path):
+    fig = DataLoaders.from_data(toy, bs=32).show_batch(6, save=tmp_path / "b.png")
+    assert len([ax for ax in fig.axes if ax.images]) == 6
+    assert [ax.get_title() for ax in fig.axes if ax.images][0] in toy.classes
+    assert (tmp_path / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_stats_roundtrip_and_override(toy):
+    dls = DataLoaders.from_data(toy, bs=32)
+    mean, std = dls.stats
+    ref_mean = toy.x_train.float().mean() / 255
+    assert mean.item() == pytest.approx(ref_mean.item(), rel=1e-5)
+    other = DataLoaders.from_data(toy.subset(20), bs=32, stats=(mean, std))
+    torch.testing.assert_close(other.stats[0], mean)
+    torch.testing.assert_close(other.stats[1], std)
