@@ -1,0 +1,64 @@
+"""Models: `simple_cnn`, the MNIST model chapter 13 ends with.
+
+Five stride-2 conv blocks take a 28x28 digit to 14, 7, 4, 2 and finally 1x1 with one channel
+per class, so Flatten leaves the logits. The first kernel is 5x5: with a 3x3 kernel the first
+layer would see 9 pixels and output 8 channels, barely a transformation at all. Filters double
+after each stride-2 conv so the compute per layer stays about the same as the grid shrinks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from convscope.layers import Flatten, conv
+
+
+class SimpleCNN(nn.Sequential):
+    """An nn.Sequential of conv blocks that checks its input before running it."""
+
+    def __init__(self, *layers: nn.Module, in_channels: int, min_size: int) -> None:
+        super().__init__(*layers)
+        self.in_channels, self.min_size = in_channels, min_size
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.ndim != 4 or x.shape[1] != self.in_channels or min(x.shape[-2:]) < self.min_size:
+            raise ValueError(
+                f"simple_cnn expects images of shape (N, {self.in_channels}, H, W) with H, W >= "
+                f"{self.min_size}. Received: {tuple(x.shape)}."
+                + (" A colour image into a 1-channel model? Build it with "
+                   f"simple_cnn(in_channels={x.shape[1]})." if x.ndim == 4 else "")
+            )
+        return super().forward(x)
+
+
+def simple_cnn(in_channels: int = 1, n_classes: int = 10,
+               widths: Sequence[int] = (8, 16, 32, 64), first_ks: int = 5,
+               bn: bool = True) -> SimpleCNN:
+    """The book's final MNIST model: conv(1,8,ks=5), conv(8,16), conv(16,32), conv(32,64),
+    conv(64,10, act=False), Flatten.
+
+    Args:
+        in_channels: 1 for grayscale, 3 for colour.
+        n_classes: output channels of the last conv, one logit each.
+        widths: filters of the hidden conv blocks; the book doubles them after each stride 2.
+        first_ks: kernel size of the first conv (5 in the book, 3 in its first model).
+        bn: batchnorm after each conv but the last.
+    Returns:
+        a model mapping (N, in_channels, H, W) to logits (N, n_classes) for 28x28 input.
+
+    >>> import torch
+    >>> simple_cnn()(torch.zeros(2, 1, 28, 28)).shape
+    torch.Size([2, 10])
+    """
+    if not widths:
+        raise ValueError("widths must name at least one hidden layer, e.g. (8, 16, 32, 64).")
+    chans = [in_channels, *widths]
+    blocks = [conv(ni, nf, ks=first_ks if i == 0 else 3, bn=bn)
+              for i, (ni, nf) in enumerate(zip(chans[:-1], chans[1:], strict=True))]
+    blocks.append(conv(chans[-1], n_classes, act=False, bn=bn))
+    # After len(widths)+1 stride-2 convs a 28x28 image is 1x1; bigger input leaves a grid
+    # that Flatten would turn into more than n_classes outputs, so average it away first.
+    return SimpleCNN(*blocks, nn.AdaptiveAvgPool2d(1), Flatten(),
+                     in_channels=in_channels, min_size=1)
