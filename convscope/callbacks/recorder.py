@@ -1,0 +1,105 @@
+"""Recorder: what happened during fit, batch by batch and epoch by epoch.
+
+Per training batch it keeps the loss (raw and smoothed) and every param group's lr and
+momentum; per epoch, the mean train loss, the valid loss and the metrics. Losses stay on the
+device as tensors during an epoch and are read once at its end, so recording never makes the
+loop wait for the device.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from convscope.callbacks.schedule import get_hyper
+from convscope.learner import Callback, _metric_name
+
+
+class Recorder(Callback):
+    """Reached as `learn.recorder`.
+
+    Attributes (filled by fit):
+        losses: train loss of every batch. smooth_losses: its debiased exponential average.
+        hps: {"lr": [[group0, group1, ...] per batch], "mom": [...]}.
+        values: one dict per epoch: epoch, train_loss, valid_loss, each metric, time (s).
+    """
+
+    order = 50
+
+    def __init__(self, beta: float = 0.98) -> None:
+        self.beta = beta
+        self.losses: list[float] = []
+        self.smooth_losses: list[float] = []
+        self.hps: dict[str, list[list[float]]] = {"lr": [], "mom": []}
+        self.values: list[dict[str, float]] = []
+
+    @property
+    def metric_names(self) -> list[str]:
+        return [_metric_name(m) for m in self.learn.metrics]
+
+    def before_fit(self) -> None:
+        self.losses, self.smooth_losses, self.values = [], [], []
+        self.hps = {"lr": [], "mom": []}
+        self._avg: Tensor | None = None
+        self._count = 0
+
+    def before_epoch(self) -> None:
+        self._start = time.perf_counter()
+        self._raw: list[Tensor] = []
+        self._smooth: list[Tensor] = []
+        self._vcount = 0  # stays 0 if the epoch is cancelled before validation
+
+    def before_validate(self) -> None:
+        self._vsum = torch.zeros(1 + len(self.learn.metrics), device=self.learn.dls.device)
+        self._vcount = 0
+
+    def after_loss(self) -> None:
+        learn = self.learn
+        if learn.training:
+            loss = learn.loss.detach().float()
+            self._avg = loss * (1 - self.beta) if self._avg is None else torch.lerp(
+                self._avg, loss, 1 - self.beta)
+            self._count += 1
+            self._raw.append(loss)
+            self._smooth.append(self._avg / (1 - self.beta ** self._count))
+            for name, per_batch in self.hps.items():
+                per_batch.append([get_hyper(g, name) for g in learn.opt.param_groups])
+        else:
+            bs = len(learn.yb)
+            batch = [learn.loss.float()] + [m(learn.pred, learn.yb).float() for m in learn.metrics]
+            self._vsum += torch.stack(batch) * bs
+            self._vcount += bs
+
+    @property
+    def smooth_loss(self) -> float:
+        """The latest smoothed train loss (reads the device: call it sparingly)."""
+        return float(self._smooth[-1]) if getattr(self, "_smooth", None) else float("nan")
+
+    def after_epoch(self) -> None:
+        raw = torch.stack(self._raw).tolist() if self._raw else []
+        self.losses += raw
+        self.smooth_losses += torch.stack(self._smooth).tolist() if self._smooth else []
+        nan = [float("nan")] * (1 + len(self.learn.metrics))
+        valid = (self._vsum / self._vcount).tolist() if self._vcount else nan
+        row = {"epoch": self.learn.epoch,
+               "train_loss": sum(raw) / len(raw) if raw else float("nan"),
+               "valid_loss": valid[0]}
+        row.update(zip(self.metric_names, valid[1:], strict=True))
+        row["time"] = time.perf_counter() - self._start
+        self.values.append(row)
+
+    def plot_loss(self, skip_start: int = 5, with_valid: bool = True,
+                  save: str | Path | None = None):
+        """Train loss per batch (raw and smoothed) and valid loss per epoch; returns the figure."""
+        from convscope import plots
+
+        return plots.plot_loss(self, skip_start=skip_start, with_valid=with_valid, save=save)
+
+    def plot_sched(self, save: str | Path | None = None):
+        """Learning rate and momentum per batch; returns the figure."""
+        from convscope import plots
+
+        return plots.plot_sched(self, save=save)

@@ -1,0 +1,310 @@
+"""The Learner: a training loop whose every step announces an event to its callbacks.
+
+The loop is miniai's and fastai's: fit -> epochs -> (train batches, valid batches) -> one
+batch = predict, loss, backward, step. Everything else (recording, schedules, progress bars,
+hooks, checkpoints) is a Callback that listens for the events below, and is reached on the
+learner by its snake_case name: `learn.recorder`, `learn.progress`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from convscope.data import DataLoader, DataLoaders
+
+EVENTS = (
+    "before_fit", "before_epoch", "before_train", "before_batch", "after_pred", "after_loss",
+    "after_backward", "after_step", "after_batch", "after_train", "before_validate",
+    "after_validate", "after_epoch", "after_fit",
+)
+
+
+class CancelFitException(Exception):
+    """Raise in a callback to stop training; after_fit still runs."""
+
+
+class CancelEpochException(Exception):
+    """Raise in a callback to skip the rest of this epoch; after_epoch still runs."""
+
+
+class CancelBatchException(Exception):
+    """Raise in a callback to skip the rest of this batch; after_batch still runs."""
+
+
+def _snake(name: str) -> str:
+    name = re.sub(r"Callback$", "", name) or name
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
+
+
+class Callback:
+    """Base class: override the events you need. Lower `order` runs first."""
+
+    order = 0
+    learn: Learner
+
+    @property
+    def name(self) -> str:
+        """The attribute the learner exposes this callback as: Recorder -> `recorder`."""
+        return _snake(type(self).__name__)
+
+    def before_fit(self) -> None:
+        """Once, before the first epoch: set up state, hooks, timers."""
+
+    def before_epoch(self) -> None:
+        """At the start of each epoch, before its training batches."""
+
+    def before_train(self) -> None:
+        """After the model is put in train mode, before the first training batch."""
+
+    def before_batch(self) -> None:
+        """Before the forward pass; `learn.xb`, `learn.yb` hold the batch (may be replaced)."""
+
+    def after_pred(self) -> None:
+        """After the forward pass; `learn.pred` holds the output."""
+
+    def after_loss(self) -> None:
+        """After the loss is computed; `learn.loss` holds it (train and valid)."""
+
+    def after_backward(self) -> None:
+        """After gradients are computed, before the optimizer step (training only)."""
+
+    def after_step(self) -> None:
+        """After the optimizer step, before gradients are zeroed (training only)."""
+
+    def after_batch(self) -> None:
+        """At the end of each batch, train or valid, also when it was cancelled."""
+
+    def after_train(self) -> None:
+        """After the last training batch of the epoch."""
+
+    def before_validate(self) -> None:
+        """After the model is put in eval mode, before the first valid batch."""
+
+    def after_validate(self) -> None:
+        """After the last valid batch of the epoch."""
+
+    def after_epoch(self) -> None:
+        """At the end of each epoch, after validation."""
+
+    def after_fit(self) -> None:
+        """When fit ends: normally, cancelled, or by an error (release hooks and files here)."""
+
+
+def accuracy(pred: Tensor, targ: Tensor) -> Tensor:
+    """Share of rows whose largest logit is the target class; pred (N, C), targ (N,)."""
+    return (pred.argmax(dim=1) == targ).float().mean()
+
+
+def adamw(params: Iterable, lr: float) -> torch.optim.Optimizer:
+    """AdamW with fastai's defaults: betas (0.9, 0.99), eps 1e-5, weight decay 0.01."""
+    return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), eps=1e-5, weight_decay=0.01)
+
+
+def sgd(params: Iterable, lr: float, momentum: float = 0.9) -> torch.optim.Optimizer:
+    """SGD with momentum, the optimizer of the 1cycle paper."""
+    return torch.optim.SGD(params, lr=lr, momentum=momentum)
+
+
+class Learner:
+    """Holds the data, model, loss, optimizer and callbacks, and trains with `fit`.
+
+    Args:
+        dls: train and valid DataLoaders.
+        model: any nn.Module mapping a batch x to predictions; moved to the data's device.
+        loss_func: (pred, y) -> scalar loss.
+        opt_func: (params, lr) -> optimizer; `adamw` by default.
+        lr: learning rate used when `fit` is given none.
+        metrics: functions (pred, y) -> batch mean, computed on the valid set every epoch.
+        cbs: callbacks added to the defaults (a Recorder and a progress display).
+
+    >>> from convscope.models import simple_cnn
+    >>> from convscope.data import mnist
+    >>> dls = DataLoaders.from_data(mnist().subset(1000, 500), bs=64)
+    >>> learn = Learner(dls, simple_cnn(), cbs=[], progress=False)
+    >>> learn.fit(1, lr=1e-2)
+    >>> learn.recorder.values[-1]["accuracy"] > 0.5
+    True
+    """
+
+    def __init__(self, dls: DataLoaders, model: nn.Module,
+                 loss_func: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
+                 opt_func: Callable[..., torch.optim.Optimizer] = adamw, lr: float = 1e-3,
+                 metrics: Sequence[Callable[[Tensor, Tensor], Tensor]] = (accuracy,),
+                 cbs: Iterable[Callback] = (), progress: bool = True) -> None:
+        from convscope.callbacks.progress import ProgressCallback
+        from convscope.callbacks.recorder import Recorder
+
+        self.dls, self.model, self.loss_func = dls, model.to(dls.device), loss_func
+        self.opt_func, self.lr, self.metrics = opt_func, lr, list(metrics)
+        self.opt: torch.optim.Optimizer | None = None
+        self.cbs: list[Callback] = []
+        self.epoch = self.n_epoch = self.iter = self.n_iter = 0
+        self.train_iter = self.total_iters = 0
+        self.training = False
+        defaults: list[Callback] = [Recorder()] + ([ProgressCallback()] if progress else [])
+        for cb in (*defaults, *cbs):
+            self.add_cb(cb)
+
+    # --- callbacks -------------------------------------------------------------------------
+    def add_cb(self, cb: Callback) -> Learner:
+        """Attach a callback and expose it as `self.<cb.name>`."""
+        if not isinstance(cb, Callback):
+            raise TypeError(f"Expected a Callback instance. Received: {cb!r}. "
+                            f"Did you pass the class instead of `{cb!r}()`?")
+        existing = getattr(self, cb.name, None)
+        if existing is not None and not isinstance(existing, Callback):
+            raise ValueError(f"Callback name {cb.name!r} clashes with the learner attribute of "
+                             f"that name. Rename the callback class.")
+        if isinstance(existing, Callback):
+            self.remove_cb(existing)
+        cb.learn = self
+        self.cbs.append(cb)
+        setattr(self, cb.name, cb)
+        return self
+
+    def remove_cb(self, cb: Callback | str) -> Learner:
+        """Detach a callback, given itself or its name."""
+        if isinstance(cb, str):
+            found = [c for c in self.cbs if c.name == cb]
+            if not found:
+                raise ValueError(f"No callback named {cb!r}. Attached: "
+                                 f"{[c.name for c in self.cbs]}.")
+            cb = found[0]
+        self.cbs.remove(cb)
+        if getattr(self, cb.name, None) is cb:
+            delattr(self, cb.name)
+        return self
+
+    def callback(self, event: str) -> None:
+        """Call `event` on every callback, in `order`."""
+        for cb in sorted(self.cbs, key=lambda c: c.order):
+            getattr(cb, event)()
+
+    # --- the loop --------------------------------------------------------------------------
+    def _with_events(self, f: Callable[[], None], name: str,
+                     cancel: type[Exception] | None = None) -> None:
+        try:
+            self.callback(f"before_{name}")
+            f()
+        except BaseException as e:
+            if cancel is not None and isinstance(e, cancel):
+                pass
+            else:
+                if name == "fit":  # so callbacks release hooks and files even after an error
+                    self.callback("after_fit")
+                raise
+        self.callback(f"after_{name}")
+
+    def fit(self, n_epoch: int, lr: float | None = None, cbs: Iterable[Callback] = (),
+            reset_opt: bool = False) -> None:
+        """Train for `n_epoch` epochs, validating after each.
+
+        Args:
+            n_epoch: number of passes over the training set.
+            lr: learning rate (default: the learner's `lr`); schedules may change it per batch.
+            cbs: callbacks for this fit only.
+            reset_opt: start a fresh optimizer (its state is kept across fits otherwise).
+        """
+        if n_epoch < 0:
+            raise ValueError(f"n_epoch must be >= 0. Received: n_epoch={n_epoch}.")
+        lr = self.lr if lr is None else lr
+        if not lr > 0:
+            raise ValueError(f"Learning rate must be > 0. Received: lr={lr}.")
+        cbs = list(cbs)
+        for cb in cbs:
+            self.add_cb(cb)
+        try:
+            if self.opt is None or reset_opt:
+                self.opt = self.opt_func(self.model.parameters(), lr=lr)
+            for group in self.opt.param_groups:
+                group["lr"] = lr
+            self.n_epoch = n_epoch
+            self.train_iter, self.total_iters = 0, n_epoch * len(self.dls.train)
+            self._with_events(self._do_fit, "fit", CancelFitException)
+        finally:
+            for cb in cbs:
+                self.remove_cb(cb)
+
+    def _do_fit(self) -> None:
+        for epoch in range(self.n_epoch):
+            self.epoch = epoch
+            self._with_events(self._do_epoch, "epoch", CancelEpochException)
+
+    def _do_epoch(self) -> None:
+        self.training = True
+        self.model.train()
+        self.dl = self.dls.train
+        self._with_events(self._all_batches, "train")
+        self.training = False
+        self.model.eval()
+        self.dl = self.dls.valid
+        with torch.inference_mode():
+            self._with_events(self._all_batches, "validate")
+
+    def _all_batches(self) -> None:
+        self.n_iter = len(self.dl)
+        for i, (xb, yb) in enumerate(self.dl):
+            self.iter, self.xb, self.yb = i, xb, yb
+            self._with_events(self._do_one_batch, "batch", CancelBatchException)
+            if self.training:
+                self.train_iter += 1
+
+    def _do_one_batch(self) -> None:
+        self.pred = self.model(self.xb)
+        self.callback("after_pred")
+        self.loss = self.loss_func(self.pred, self.yb)
+        self.callback("after_loss")
+        if not self.training:
+            return
+        self.loss.backward()
+        self.callback("after_backward")
+        self.opt.step()  # type: ignore[union-attr]
+        self.callback("after_step")
+        self.opt.zero_grad(set_to_none=True)  # type: ignore[union-attr]
+
+    # --- conveniences ----------------------------------------------------------------------
+    def fit_one_cycle(self, n_epoch: int, lr_max: float | None = None, div: float = 25.0,
+                      div_final: float = 1e5, pct_start: float = 0.25,
+                      moms: tuple[float, float, float] = (0.95, 0.85, 0.95),
+                      cbs: Iterable[Callback] = ()) -> None:
+        """Train with the 1cycle policy: lr warms up from lr_max/div to lr_max over the first
+        `pct_start` of the steps (cosine), then anneals to lr_max/div_final; momentum (Adam's
+        beta1) moves the opposite way, moms[0] -> moms[1] -> moms[2].
+        """
+        from convscope.callbacks.schedule import one_cycle_scheduler
+
+        lr_max = self.lr if lr_max is None else lr_max
+        sched = one_cycle_scheduler(lr_max, div, div_final, pct_start, moms)
+        self.fit(n_epoch, lr=lr_max / div, cbs=[sched, *cbs])
+
+    @torch.inference_mode()
+    def get_preds(self, dl: DataLoader | None = None) -> tuple[Tensor, Tensor]:
+        """Predictions and targets over a whole loader (the valid set by default)."""
+        dl = self.dls.valid if dl is None else dl
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            preds, targs = zip(*[(self.model(xb), yb) for xb, yb in dl], strict=True)
+        finally:
+            self.model.train(was_training)
+        return torch.cat(preds), torch.cat(targs)
+
+    def validate(self, dl: DataLoader | None = None) -> dict[str, float]:
+        """Loss and metrics over a whole loader (the valid set by default)."""
+        pred, targ = self.get_preds(dl)
+        out = {"valid_loss": float(self.loss_func(pred, targ))}
+        for m in self.metrics:
+            out[_metric_name(m)] = float(m(pred, targ))
+        return out
+
+
+def _metric_name(m: Callable) -> str:
+    if isinstance(m, partial):
+        m = m.func
+    return getattr(m, "__name__", type(m).__name__)
