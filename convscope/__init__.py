@@ -1,0 +1,29 @@
+"""convscope: build, train and look inside convolutional neural networks.
+
+The system chapter 13 of the fastai book teaches, as a library: conv blocks and simple_cnn,
+in-memory MNIST DataLoaders, a Learner with callbacks, 1cycle training and a Recorder.
+"""
+
+from convscope.callbacks import ChannelsLast, ParamScheduler, ProgressCallback, Recorder
+from convscope.data import DataLoader, DataLoaders, ImageData, idx_folder, mnist, read_idx
+from convscope.layers import Flatten, conv
+from convscope.learner import (
+    Callback,
+    CancelBatchException,
+    CancelEpochException,
+    CancelFitException,
+    Learner,
+    accuracy,
+    adamw,
+    sgd,
+)
+from convscope.models import simple_cnn
+from convscope.recipe import TrainConfig, run_training
+
+__all__ = [
+    "CancelBatchException", "CancelEpochException", "CancelFitException", "Callback",
+    "ChannelsLast", "DataLoader", "DataLoaders", "Flatten", "ImageData", "Learner",
+    "ParamScheduler", "ProgressCallback", "Recorder", "TrainConfig", "accuracy", "adamw", "conv",
+    "idx_folder", "mnist", "read_idx", "run_training", "sgd", "simple_cnn",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,170 @@
+"""The main job: a TrainConfig in, a trained model and a run folder out.
+
+The CLI parses arguments into a TrainConfig and calls `run_training`; a script can do the same.
+The run folder holds:
+    config.json      the settings of the run
+    metrics.csv      one row per epoch: epoch, train_loss, valid_loss, accuracy, time
+    model.safetensors  the trained weights (no pickle: safe to load from anyone); its metadata
+                     holds the classes and the input normalisation (mean, std)
+    show_batch.png, loss.png, sched.png
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from convscope.data import DataLoaders, ImageData, atomic_write_bytes, idx_folder, mnist
+from convscope.learner import Learner
+from convscope.models import simple_cnn
+
+# The default recipe: the book's model with batchnorm, AdamW, 1cycle at lr 1e-2, bs 512.
+DEFAULT_EPOCHS = 5
+DEFAULT_LR = 1e-2
+DEFAULT_BS = 512
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run.
+
+    Args:
+        data: a folder holding the four IDX files of an MNIST-layout dataset, or None for
+            MNIST found by `mnist()`.
+        epochs: passes over the training set.
+        lr: peak learning rate of the 1cycle schedule.
+        bs: training batch size.
+        seed: seeds the model's initial weights and the shuffling.
+        out: the run folder to write.
+        device: "cpu", "cuda" or "cuda:N".
+        subset: train on this many random training images (all when None).
+        valid_pct: hold out this share of the training set as valid set instead of the test set.
+        channels_last: NHWC memory order (faster for convolutions on CPU and GPU).
+    """
+
+    data: str | None = None
+    epochs: int = DEFAULT_EPOCHS
+    lr: float = DEFAULT_LR
+    bs: int = DEFAULT_BS
+    seed: int = 0
+    out: str = "runs/latest"
+    device: str = "cpu"
+    subset: int | None = None
+    valid_pct: float | None = None
+    channels_last: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0:
+            raise ValueError(f"Epochs must be >= 0. Received: epochs={self.epochs}.")
+        if not self.lr > 0:
+            raise ValueError(f"Learning rate must be > 0. Received: lr={self.lr}.")
+        if self.bs < 1:
+            raise ValueError(f"Batch size must be >= 1. Received: bs={self.bs}.")
+        if self.subset is not None and self.subset < 1:
+            raise ValueError(f"subset must be >= 1. Received: subset={self.subset}.")
+        if self.valid_pct is not None and not 0 < self.valid_pct < 1:
+            raise ValueError(f"valid_pct must be in (0, 1). Received: {self.valid_pct}.")
+        resolve_device(self.device)
+
+
+def resolve_device(name: str) -> torch.device:
+    """A torch.device for `name`, refusing one this machine does not have."""
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"Unknown device. Received: device={name!r}. Choose cpu, cuda or "
+                         f"cuda:N.") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"CUDA is not available on this machine. Received: device={name!r}. "
+                         f"Use --device cpu.")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"No such GPU. Received: device={name!r}; this machine has "
+                         f"{torch.cuda.device_count()}.")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"Unsupported device. Received: device={name!r}. Choose cpu or cuda.")
+    return dev
+
+
+def load_data(cfg: TrainConfig) -> ImageData:
+    """The dataset named by the config, subset or split as asked."""
+    data = idx_folder(cfg.data) if cfg.data else mnist()
+    if cfg.valid_pct:
+        data = data.split(cfg.valid_pct, seed=cfg.seed)
+    if cfg.subset:
+        data = data.subset(cfg.subset, seed=cfg.seed)
+    return data
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    accuracy: float
+    train_seconds: float
+    values: list[dict] = field(default_factory=list)
+
+
+def make_learner(data: ImageData, cfg: TrainConfig, progress: bool = True) -> Learner:
+    """The recipe's Learner: simple_cnn with batchnorm, AdamW, channels_last when asked."""
+    from convscope.callbacks import ChannelsLast
+
+    dls = DataLoaders.from_data(data, bs=cfg.bs, seed=cfg.seed, device=resolve_device(cfg.device))
+    torch.manual_seed(cfg.seed)
+    model = simple_cnn(in_channels=dls.in_channels, n_classes=dls.c)
+    cbs = [ChannelsLast()] if cfg.channels_last else []
+    return Learner(dls, model, lr=cfg.lr, cbs=cbs, progress=progress)
+
+
+def write_metrics_csv(path: Path, values: list[dict]) -> None:
+    buf = io.StringIO()
+    if values:
+        writer = csv.DictWriter(buf, fieldnames=list(values[0]))
+        writer.writeheader()
+        writer.writerows(values)
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def save_weights(model: torch.nn.Module, path: Path, metadata: dict[str, str]) -> None:
+    """The model's state_dict as safetensors, written atomically."""
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write_bytes(path, save(tensors, metadata=metadata))
+
+
+def run_training(cfg: TrainConfig, log=print) -> TrainResult:
+    """Train as `cfg` says and write the run folder; return where, and the final accuracy."""
+    from convscope import plots
+
+    data = load_data(cfg)
+    run_dir = Path(cfg.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log(f"data: {data.source}: {len(data.y_train)} train, {len(data.y_valid)} valid images, "
+        f"{len(data.classes)} classes")
+    learn = make_learner(data, cfg)
+    atomic_write_bytes(run_dir / "config.json", json.dumps(asdict(cfg), indent=2).encode())
+    learn.dls.show_batch(save=run_dir / "show_batch.png")
+    start = time.perf_counter()
+    learn.fit_one_cycle(cfg.epochs, cfg.lr)
+    seconds = time.perf_counter() - start
+    values = learn.recorder.values
+    write_metrics_csv(run_dir / "metrics.csv", values)
+    mean, std = learn.dls.stats
+    save_weights(learn.model, run_dir / "model.safetensors",
+                 {"model": "simple_cnn", "in_channels": str(learn.dls.in_channels),
+                  "n_classes": str(learn.dls.c), "classes": json.dumps(learn.dls.classes),
+                  "mean": json.dumps(mean.tolist()), "std": json.dumps(std.tolist())})
+    if values:
+        plots.plot_loss(learn.recorder, save=run_dir / "loss.png")
+        plots.plot_sched(learn.recorder, save=run_dir / "sched.png")
+    accuracy = values[-1]["accuracy"] if values else learn.validate()["accuracy"]
+    split = "valid" if cfg.valid_pct else "test"
+    log(f"{split} accuracy: {accuracy:.2%} after {cfg.epochs} "
+        f"epoch{'s' if cfg.epochs != 1 else ''} in {seconds:.1f}s of training")
+    log(f"run folder: {run_dir}")
+    return TrainResult(run_dir, accuracy, seconds, values)

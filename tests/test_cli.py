@@ -1,0 +1,106 @@
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import write_idx_folder
+from safetensors.torch import load_file
+
+from convscope.cli import main
+from convscope.models import simple_cnn
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "--epochs", "-1"], "--epochs: expected an integer >= 0, received '-1'"),
+    (["train", "--epochs", "two"], "--epochs: expected an integer >= 0, received 'two'"),
+    (["train", "--lr", "0"], "--lr: expected a number > 0, received '0'"),
+    (["train", "--lr=-3e-3"], "--lr: expected a number > 0, received '-3e-3'"),
+    (["train", "--lr", "nan"], "--lr: expected a number > 0, received 'nan'"),
+    (["train", "--bs", "0"], "--bs: expected an integer >= 1, received '0'"),
+    (["train", "--seed", "-2"], "--seed: expected an integer >= 0, received '-2'"),
+    (["train", "--subset", "0"], "--subset: expected an integer >= 1, received '0'"),
+    (["train", "--valid-pct", "1.5"], "--valid-pct: expected a number between 0 and 1"),
+    (["train", "--device", "tpu"], "Unknown device. Received: device='tpu'"),
+    (["train", "--bogus"], "unrecognized arguments: --bogus"),
+    ([], "the following arguments are required: COMMAND"),
+])
+def test_bad_arguments_get_one_line_and_exit_2(capsys, args, message):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_missing_data_folder_lists_the_missing_files(capsys, tmp_path):
+    folder = write_idx_folder(tmp_path / "d")
+    (folder / "train-labels-idx1-ubyte.gz").unlink()
+    (folder / "t10k-images-idx3-ubyte.gz").unlink()
+    assert main(["train", "--data", str(folder), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "lacks train-labels-idx1-ubyte, t10k-images-idx3-ubyte" in err
+    assert not (tmp_path / "run").exists()  # nothing written for a refused run
+    assert main(["train", "--data", str(tmp_path / "nope")]) == 2
+    assert "no such folder" in capsys.readouterr().err
+
+
+def test_corrupt_data_file_is_named(capsys, tmp_path):
+    folder = write_idx_folder(tmp_path / "d")
+    (folder / "t10k-images-idx3-ubyte.gz").write_bytes(b"garbage")
+    assert main(["train", "--data", str(folder), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "t10k-images-idx3-ubyte.gz" in err and err.count("\n") == 1
+
+
+def test_installed_command_exits_cleanly_on_bad_input():
+    exe = [sys.executable, "-m", "convscope"]
+    proc = subprocess.run([*exe, "train", "--epochs", "-5"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().endswith("expected an integer >= 0, received '-5'")
+    assert "Traceback" not in proc.stderr
+    helped = subprocess.run([*exe, "train", "--help"], capture_output=True, text=True)
+    assert helped.returncode == 0 and "--epochs" in helped.stdout
+
+
+def test_train_on_an_idx_folder_writes_the_run_folder(tmp_path, capsys):
+    folder = write_idx_folder(tmp_path / "d", n_train=64, n_valid=32, gz=False)
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(folder), "--epochs", "2", "--bs", "16",
+                 "--out", str(run)]) == 0
+    for name in ("config.json", "metrics.csv", "model.safetensors", "show_batch.png",
+                 "loss.png", "sched.png"):
+        assert (run / name).stat().st_size > 0, name
+    assert json.loads((run / "config.json").read_text())["bs"] == 16
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [r["epoch"] for r in rows] == ["0", "1"]
+    assert "test accuracy:" in capsys.readouterr().out
+
+
+def test_end_to_end_real_mnist_subset(tmp_path, capsys):
+    """One epoch on 4,000 real MNIST digits, evaluated on the full 10,000 test set."""
+    run = tmp_path / "run"
+    assert main(["train", "--subset", "4000", "--bs", "64", "--epochs", "1", "--seed", "1",
+                 "--out", str(run)]) == 0
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    accuracy = float(rows[-1]["accuracy"])
+    assert accuracy >= 0.90, f"accuracy {accuracy:.3f} after one epoch on 4,000 digits"
+    out = capsys.readouterr().out
+    assert f"test accuracy: {accuracy:.2%}" in out
+
+    # the saved weights and normalisation load back and give the same accuracy
+    from safetensors import safe_open
+
+    from convscope.data import DataLoaders, mnist
+
+    model = simple_cnn()
+    model.load_state_dict(load_file(run / "model.safetensors"))
+    model.eval()
+    with safe_open(run / "model.safetensors", "pt") as f:
+        meta = f.metadata()
+    stats = torch.tensor(json.loads(meta["mean"])), torch.tensor(json.loads(meta["std"]))
+    assert json.loads(meta["classes"]) == [str(i) for i in range(10)]
+    dls = DataLoaders.from_data(mnist(), bs=1000, stats=stats)
+    with torch.inference_mode():
+        correct = sum(int((model(xb).argmax(1) == yb).sum()) for xb, yb in dls.valid)
+    assert correct / 10000 == pytest.approx(accuracy, abs=1e-4)
