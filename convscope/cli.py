@@ -63,7 +63,135 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                    help="keep NCHW memory order")
     t.set_defaults(func=_train)
+
+    k = sub.add_parser("kernel", help="apply a kernel to an image and draw the result",
+                       description="Filter an image with a named 3x3 kernel (colour images: "
+                       "one kernel per channel, summed) and write <kernel>.png and a grid of "
+                       "the image under every named kernel, kernels.png.")
+    k.add_argument("image", nargs="?", help="an image file (default: an MNIST digit)")
+    k.add_argument("--kernel", default="top_edge", help="default: top_edge")
+    k.add_argument("--index", type=non_negative_int, default=0,
+                   help="which MNIST training digit when no IMAGE is given (default: 0)")
+    k.add_argument("--out", metavar="DIR", default="runs/kernel",
+                   help="folder for the PNGs (default: runs/kernel)")
+    k.set_defaults(func=_kernel)
+
+    m = sub.add_parser("conv-matrix", help="draw a convolution as a matrix",
+                       description="Build the matrix W with W @ x.flatten() == conv(x) for a "
+                       "SIZE x SIZE image and a KERNEL x KERNEL kernel, and draw it: each "
+                       "weight its own colour, zeros blank.")
+    m.add_argument("--size", type=positive_int, default=4, help="image side (default: 4)")
+    m.add_argument("--kernel", type=positive_int, default=3, help="kernel side (default: 3)")
+    m.add_argument("--stride", type=positive_int, default=1, help="default: 1")
+    m.add_argument("--padding", type=non_negative_int, default=0, help="default: 0")
+    m.add_argument("--out", metavar="FILE", default="runs/conv_matrix.png",
+                   help="PNG to write (default: runs/conv_matrix.png)")
+    m.set_defaults(func=_conv_matrix)
+
+    s = sub.add_parser("summary", help="per-layer shapes, parameters, MACs, receptive field")
+    s.add_argument("--model", default="simple_cnn", help=f"one of {', '.join(MODELS)} "
+                   "(default: simple_cnn)")
+    s.add_argument("--input", default="1x28x28", metavar="CxHxW",
+                   help="input shape (default: 1x28x28)")
+    s.set_defaults(func=_summary)
     return parser
+
+
+MODELS = {
+    "simple_cnn": "the book's final model: widths 8-16-32-64-10, 5x5 first kernel, batchnorm",
+    "book_first": "the chapter's first CNN (3s vs 7s): widths 4-8-16-32-2, 3x3, no batchnorm",
+}
+
+
+def _shape(text: str) -> tuple[int, int, int]:
+    try:
+        c, h, w = (int(v) for v in text.lower().split("x"))
+        if min(c, h, w) < 1:
+            raise ValueError
+    except ValueError:
+        raise UserError(f"--input: expected CxHxW with positive integers, e.g. 1x28x28, "
+                        f"received {text!r}") from None
+    return c, h, w
+
+
+def _kernel(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from convscope import plots
+    from convscope.conv import KERNELS, conv2d_matmul, kernel
+    from convscope.data import atomic_write_bytes, load_image, mnist
+
+    k = kernel(args.kernel)  # raises with the list of names
+    if args.image:
+        img = load_image(args.image)
+        source = args.image
+    else:
+        data = mnist()
+        if args.index >= len(data.y_train):
+            raise UserError(f"--index: MNIST has {len(data.y_train)} training digits, "
+                            f"received {args.index}")
+        img, source = data.x_train[args.index], f"MNIST training digit {args.index}"
+    x = img.float() / 255  # (C, H, W)
+    c = x.shape[0]
+
+    def response(kern):  # the same kernel on every channel, summed: a (1, C, 3, 3) kernel
+        return conv2d_matmul(x, kern.expand(1, c, *kern.shape))[0]
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    plots.show_filtered(x, response(k), args.kernel, save=out / f"{args.kernel}.png")
+    plots.kernel_grid(x, {name: response(kv) for name, kv in KERNELS.items()},
+                      save=out / "kernels.png")
+    atomic_write_bytes(out / "kernel.txt", f"{source}\n{args.kernel}\n{k.tolist()}\n".encode())
+    print(f"{source} ({c}x{x.shape[1]}x{x.shape[2]}) under {args.kernel}: "
+          f"{out / (args.kernel + '.png')}, all kernels: {out / 'kernels.png'}")
+    return 0
+
+
+def _conv_matrix(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from convscope import plots
+    from convscope.conv import conv_matrix, conv_matrix_stats, conv_out_size
+
+    ks, n = args.kernel, args.size
+    if ks > n + 2 * args.padding:
+        raise UserError(f"--kernel {ks} does not fit a {n}x{n} image with padding "
+                        f"{args.padding}; use --kernel <= {n + 2 * args.padding}")
+    if ks * ks > 400 or n > 32:
+        raise UserError(f"--size {n} --kernel {ks} makes a matrix too big to draw; "
+                        f"use --size <= 32 and --kernel <= 20")
+    ids = conv_matrix(torch.arange(1.0, ks * ks + 1).view(ks, ks), (n, n), args.stride,
+                      args.padding)
+    ho = conv_out_size(n, ks, args.stride, args.padding)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    plots.plot_conv_matrix(ids, (n, n), (ho, ho), save=out)
+    st = conv_matrix_stats(torch.ones(ks, ks), (n, n), args.stride, args.padding)
+    print(f"W: {st['rows']} x {st['cols']} ({ho}x{ho} outputs, {n}x{n} inputs); "
+          f"{st['zero_share']:.1%} zeros; {st['weights']} distinct weights, each used "
+          f"{st['uses_per_weight']:.2f} times on average; drawn to {out}")
+    return 0
+
+
+def _summary(args: argparse.Namespace) -> int:
+    from convscope.models import simple_cnn
+    from convscope.summary import summary
+
+    shape = _shape(args.input)
+    if args.model not in MODELS:
+        raise UserError(f"--model: unknown model {args.model!r}; choose one of "
+                        f"{', '.join(MODELS)}")
+    if args.model == "simple_cnn":
+        model = simple_cnn(in_channels=shape[0])
+    else:
+        model = simple_cnn(in_channels=shape[0], widths=(4, 8, 16, 32), n_classes=2,
+                           first_ks=3, bn=False)
+    print(f"{args.model}: {MODELS[args.model]}")
+    print(summary(model, shape))
+    return 0
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -98,6 +226,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("convscope: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and closed: not an error of ours
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

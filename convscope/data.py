@@ -232,6 +232,31 @@ def idx_folder(folder: str | Path, md5: dict[str, str] | None = None) -> ImageDa
     )
 
 
+def load_image(path: str | Path) -> Tensor:
+    """Decode an image file into uint8 (C, H, W): C = 1 for grayscale, 3 for everything else
+    (palette, RGBA and CMYK images are converted to RGB). Pillow's decompression-bomb limit
+    stays on.
+
+    Raises:
+        ValueError: the file is missing, not an image, truncated, or too large.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L") if im.mode in ("1", "L", "I;16", "I", "F") else im.convert("RGB")
+            array = np.asarray(im, dtype=np.uint8)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such image file.") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise ValueError(f"{path}: cannot be read as an image: {e}") from None
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"{path}: refused, too many pixels (a decompression bomb?): {e}") from None
+    tensor = torch.from_numpy(array.copy())
+    return tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1).contiguous()
+
+
 def cache_dir() -> Path:
     """Where downloaded datasets are kept: $XDG_CACHE_HOME/convscope or ~/.cache/convscope."""
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"

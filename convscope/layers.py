@@ -1,7 +1,9 @@
-"""Layers: the conv block of chapter 13 (conv -> batchnorm -> ReLU) and Flatten."""
+"""Layers: the conv block of chapter 13 (conv -> batchnorm -> ReLU), Flatten, and a BatchNorm2d
+written from scratch to show what batchnorm computes."""
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 
@@ -40,3 +42,47 @@ def conv(ni: int, nf: int, ks: int = 3, stride: int = 2, act: bool = True,
     if act:
         layers.append(nn.ReLU())
     return nn.Sequential(*layers)
+
+
+class BatchNorm2d(nn.Module):
+    """Batch normalisation written out, to show what nn.BatchNorm2d does.
+
+    In training, each channel is normalised by the mean and (biased) variance of the batch
+    over (N, H, W), then scaled by gamma and shifted by beta, the only trainable parameters.
+    The running statistics (an exponential average with `momentum`, the variance unbiased)
+    are buffers, updated in training and used instead of the batch's in evaluation.
+
+    >>> import torch
+    >>> bn = BatchNorm2d(3)
+    >>> [name for name, p in bn.named_parameters()], [name for name, b in bn.named_buffers()]
+    (['weight', 'bias'], ['running_mean', 'running_var', 'num_batches_tracked'])
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
+        super().__init__()
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.weight = nn.Parameter(torch.ones(num_features))  # gamma
+        self.bias = nn.Parameter(torch.zeros(num_features))  # beta
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.ndim != 4 or x.shape[1] != self.num_features:
+            raise ValueError(f"BatchNorm2d({self.num_features}) expects (N, "
+                             f"{self.num_features}, H, W). Received: {tuple(x.shape)}.")
+        if self.training:
+            mean = x.mean(dim=(0, 2, 3))  # (C,)
+            var = x.var(dim=(0, 2, 3), unbiased=False)  # (C,)
+            n = x.numel() / x.shape[1]
+            with torch.no_grad():
+                self.running_mean.lerp_(mean, self.momentum)
+                self.running_var.lerp_(var * n / max(n - 1, 1), self.momentum)
+                self.num_batches_tracked += 1
+        else:
+            mean, var = self.running_mean, self.running_var
+        x_hat = (x - mean.view(1, -1, 1, 1)) / torch.sqrt(var.view(1, -1, 1, 1) + self.eps)
+        return x_hat * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"

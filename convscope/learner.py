@@ -303,6 +303,12 @@ class Learner:
             out[_metric_name(m)] = float(m(pred, targ))
         return out
 
+    def summary(self):
+        """Per layer: output shape, parameters, MACs and receptive field, for this data."""
+        from convscope.summary import summary
+
+        return summary(self.model, tuple(self.dls.train.x.shape[1:]))
+
 
 def _metric_name(m: Callable) -> str:
     if isinstance(m, partial):

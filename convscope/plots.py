@@ -83,3 +83,75 @@ def plot_sched(recorder, save: str | Path | None = None) -> Figure:
         ax.grid(alpha=0.3)
     fig.tight_layout()
     return save_figure(fig, save)
+
+
+def _show_response(ax, response: Tensor, title: str) -> None:
+    """A filtered image: one channel, any sign; grey scaled to its own min..max."""
+    ax.imshow(response.numpy(), cmap="gray")
+    ax.set_title(title, fontsize=9)
+    ax.set_axis_off()
+
+
+def show_filtered(image: Tensor, response: Tensor, kernel_name: str,
+                  save: str | Path | None = None) -> Figure:
+    """The image (C, H, W) in 0..1 beside what one kernel makes of it (H', W')."""
+    fig = Figure(figsize=(6, 3.2))
+    a, b = fig.subplots(1, 2)
+    a.imshow(image.permute(1, 2, 0).numpy().squeeze(), cmap="gray" if len(image) == 1 else None)
+    a.set_title("image", fontsize=9)
+    a.set_axis_off()
+    _show_response(b, response, kernel_name)
+    fig.tight_layout()
+    return save_figure(fig, save)
+
+
+def kernel_grid(image: Tensor, responses: dict[str, Tensor],
+                save: str | Path | None = None) -> Figure:
+    """The image (C, H, W) in 0..1 and its response to each named kernel, in a grid."""
+    n = len(responses) + 1
+    ncols = min(n, 5)
+    nrows = math.ceil(n / ncols)
+    fig = Figure(figsize=(2.2 * ncols, 2.3 * nrows))
+    axes = list(fig.subplots(nrows, ncols, squeeze=False).flat)
+    axes[0].imshow(image.permute(1, 2, 0).numpy().squeeze(),
+                   cmap="gray" if len(image) == 1 else None)
+    axes[0].set_title("image", fontsize=9)
+    for ax, (name, resp) in zip(axes[1:], responses.items(), strict=False):
+        _show_response(ax, resp, name)
+    for ax in axes:
+        ax.set_axis_off()
+    fig.tight_layout()
+    return save_figure(fig, save)
+
+
+def plot_conv_matrix(ids: Tensor, in_shape: tuple[int, ...], out_hw: tuple[int, int],
+                     save: str | Path | None = None) -> Figure:
+    """The conv matrix as a heatmap: each kernel weight its own colour, zeros left blank.
+
+    Args:
+        ids: the conv matrix built from a kernel holding 1..K (see `conv_matrix_stats`), so
+            each entry names the weight it holds and 0 marks a structural zero.
+    """
+    import numpy as np
+    from matplotlib import colormaps
+
+    k = int(ids.max())
+    rows, cols = ids.shape
+    fig = Figure(figsize=(min(2 + cols * 0.35, 14), min(1.5 + rows * 0.35, 12)))
+    ax = fig.subplots()
+    masked = np.ma.masked_equal(ids.numpy(), 0)
+    cmap = colormaps["tab20"].resampled(max(k, 2)).with_extremes(bad="white")
+    im = ax.imshow(masked, cmap=cmap, vmin=0.5, vmax=k + 0.5, aspect="equal")
+    ax.set_xticks(np.arange(-0.5, cols, 1), minor=True)
+    ax.set_yticks(np.arange(-0.5, rows, 1), minor=True)
+    ax.grid(which="minor", color="#ddd", linewidth=0.5)
+    ax.tick_params(which="minor", length=0)
+    ax.set_xlabel(f"input pixel (flattened {' x '.join(map(str, in_shape))})")
+    ax.set_ylabel(f"output pixel (flattened {out_hw[0]} x {out_hw[1]})")
+    zeros = 1 - int((ids != 0).sum()) / ids.numel()
+    ax.set_title(f"conv as a matrix: {rows} x {cols}, {zeros:.0%} zeros, {k} shared weights",
+                 fontsize=10)
+    if k <= 25:
+        fig.colorbar(im, ax=ax, ticks=range(1, k + 1), label="kernel weight #", shrink=0.8)
+    fig.tight_layout()
+    return save_figure(fig, save)

@@ -104,3 +104,43 @@ def test_end_to_end_real_mnist_subset(tmp_path, capsys):
     with torch.inference_mode():
         correct = sum(int((model(xb).argmax(1) == yb).sum()) for xb, yb in dls.valid)
     assert correct / 10000 == pytest.approx(accuracy, abs=1e-4)
+
+
+def test_kernel_command_on_mnist_and_colour_images(tmp_path, capsys):
+    from PIL import Image
+
+    assert main(["kernel", "--kernel", "left_edge", "--out", str(tmp_path / "k")]) == 0
+    assert (tmp_path / "k" / "left_edge.png").stat().st_size > 0
+    assert (tmp_path / "k" / "kernels.png").stat().st_size > 0
+    assert "MNIST training digit 0 (1x28x28)" in capsys.readouterr().out
+    rgba = tmp_path / "c.png"
+    Image.new("RGBA", (20, 12), (200, 30, 30, 128)).save(rgba)
+    assert main(["kernel", str(rgba), "--out", str(tmp_path / "c")]) == 0
+    assert "(3x12x20)" in capsys.readouterr().out
+    assert main(["kernel", "--kernel", "blur"]) == 2
+    assert "Choose one of ['bottom_edge'" in capsys.readouterr().err
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG not really")
+    assert main(["kernel", str(tmp_path / "bad.png"), "--out", str(tmp_path / "b")]) == 2
+    assert "bad.png: cannot be read as an image" in capsys.readouterr().err
+
+
+def test_conv_matrix_command(tmp_path, capsys):
+    out = tmp_path / "m.png"
+    assert main(["conv-matrix", "--size", "5", "--kernel", "3", "--stride", "2",
+                 "--padding", "1", "--out", str(out)]) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    assert "W: 9 x 25 (3x3 outputs, 5x5 inputs)" in capsys.readouterr().out
+    assert main(["conv-matrix", "--size", "2", "--kernel", "5", "--out", str(out)]) == 2
+    assert "--kernel 5 does not fit a 2x2 image" in capsys.readouterr().err
+
+
+def test_summary_command(capsys):
+    assert main(["summary", "--model", "book_first"]) == 0
+    out = capsys.readouterr().out
+    assert "total params: 6,722" in out and "18,432" in out
+    assert main(["summary", "--input", "3x32x32"]) == 0
+    assert "input: 3 x 32 x 32" in capsys.readouterr().out
+    assert main(["summary", "--input", "3x32"]) == 2
+    assert "expected CxHxW" in capsys.readouterr().err
+    assert main(["summary", "--model", "resnet"]) == 2
+    assert "choose one of simple_cnn, book_first" in capsys.readouterr().err

@@ -242,3 +242,21 @@ def test_stats_roundtrip_and_override(toy):
     other = DataLoaders.from_data(toy.subset(20), bs=32, stats=(mean, std))
     torch.testing.assert_close(other.stats[0], mean)
     torch.testing.assert_close(other.stats[1], std)
+
+
+def test_load_image_converts_modes(tmp_path):
+    from PIL import Image
+
+    from convscope.data import load_image
+
+    Image.new("L", (5, 4), 7).save(tmp_path / "g.png")
+    Image.new("P", (5, 4)).save(tmp_path / "p.png")
+    Image.new("RGBA", (5, 4), (1, 2, 3, 4)).save(tmp_path / "a.png")
+    assert load_image(tmp_path / "g.png").shape == (1, 4, 5)
+    assert load_image(tmp_path / "p.png").shape == (3, 4, 5)
+    rgba = load_image(tmp_path / "a.png")
+    assert rgba.shape == (3, 4, 5) and rgba[:, 0, 0].tolist() == [1, 2, 3]
+    good = (tmp_path / "g.png").read_bytes()
+    (tmp_path / "t.png").write_bytes(good[: len(good) // 2])
+    with pytest.raises(ValueError, match="t.png: cannot be read as an image"):
+        load_image(tmp_path / "t.png")

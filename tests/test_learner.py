@@ -232,3 +232,8 @@ def test_get_preds_restores_training_mode():
     preds, targs = learn.get_preds()
     assert preds.shape == (128, 4) and targs.shape == (128,)
     assert learn.model.training
+
+
+def test_learner_summary_uses_the_data_shape():
+    s = make_learner().summary()
+    assert s.input_shape == (1, 16, 16) and s.rows[-1]["output"] == (4,)

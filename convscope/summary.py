@@ -1,0 +1,132 @@
+"""Summary: per layer, the output shape, parameters, multiplications and receptive field.
+
+What chapter 13 counts by hand. Multiplications are multiply-accumulates (MACs) for one
+image: output positions x weights per output. For a conv that is H_out * W_out * C_out *
+(C_in * kh * kw); a bias is an addition, not a multiplication, so it is not counted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+def trace(model: nn.Module, input_size: tuple[int, ...]) -> list[dict]:
+    """Run one zero image through `model` and list its leaf modules in the order they ran,
+    each with its name and output shape (batch dim dropped).
+
+    No side effects: the model runs in eval mode without gradients (so batchnorm's running
+    statistics and every .grad stay as they were), then every module gets back its own mode.
+    """
+    shape = tuple(input_size) if len(input_size) == 3 else (1, *input_size)
+    names = {m: n for n, m in model.named_modules()}
+    records: list[dict] = []
+
+    def hook(module: nn.Module, inputs, output) -> None:
+        out = output[0] if isinstance(output, tuple) else output
+        records.append({"name": names[module], "module": module,
+                        "in_shape": tuple(inputs[0].shape[1:]), "out_shape": tuple(out.shape[1:])})
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    modes = {m: m.training for m in model.modules()}
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, *shape, device=device))
+    finally:
+        for h in handles:
+            h.remove()
+        for m, mode in modes.items():
+            m.training = mode
+    return records
+
+
+def macs(module: nn.Module, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> int:
+    """Multiplications of `module` for one image with the given input and output shapes."""
+    n_out = 1
+    for d in out_shape:
+        n_out *= d
+    if isinstance(module, nn.modules.conv._ConvNd):
+        per_output = module.weight.shape[1:].numel()  # C_in/groups * kh * kw
+        return n_out * per_output
+    if isinstance(module, nn.Linear):
+        return n_out * module.in_features
+    if isinstance(module, nn.modules.batchnorm._NormBase) and module.affine:
+        return n_out  # one scale per value (the shift is an addition)
+    return 0
+
+
+@dataclass
+class Summary:
+    """The rows of a model summary; str() gives the table."""
+
+    input_shape: tuple[int, ...]
+    rows: list[dict] = field(default_factory=list)
+
+    @property
+    def total_params(self) -> int:
+        return sum(r["params"] for r in self.rows)
+
+    @property
+    def trainable_params(self) -> int:
+        return sum(r["trainable_params"] for r in self.rows)
+
+    @property
+    def total_macs(self) -> int:
+        return sum(r["macs"] for r in self.rows)
+
+    def __str__(self) -> str:
+        head = ("layer", "type", "output", "params", "trainable", "MACs", "receptive field")
+        body = [(r["layer"], r["type"], " x ".join(map(str, r["output"])), f"{r['params']:,}",
+                 r["trainable"], f"{r['macs']:,}", f"{r['rf']}x{r['rf']} (jump {r['jump']})")
+                for r in self.rows]
+        widths = [max(len(str(x)) for x in col) for col in zip(head, *body, strict=True)]
+        right = {3, 5}
+
+        def fmt(cells) -> str:
+            return "  ".join(str(c).rjust(w) if i in right else str(c).ljust(w)
+                             for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
+
+        rule = "-" * len(fmt(head))
+        lines = [f"input: {' x '.join(map(str, self.input_shape))}", fmt(head), rule]
+        lines += [fmt(b) for b in body]
+        lines += [rule, f"total params: {self.total_params:,} "
+                        f"(trainable {self.trainable_params:,})",
+                  f"total MACs per image: {self.total_macs:,}"]
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+
+def summary(model: nn.Module, input_shape: tuple[int, ...]) -> Summary:
+    """A table of the layers of `model` for one input of `input_shape` (C, H, W).
+
+    >>> from convscope.models import simple_cnn
+    >>> s = summary(simple_cnn(), (1, 28, 28))
+    >>> s.rows[0]["output"], s.rows[0]["params"], s.rows[0]["macs"]
+    ((8, 14, 14), 200, 39200)
+    """
+    from convscope.conv import receptive_field
+
+    records = trace(model, input_shape)
+    fields = {r["layer"]: r for r in receptive_field(model, input_shape)}
+    out = Summary(tuple(input_shape))
+    for rec in records:
+        m = rec["module"]
+        params = list(m.parameters(recurse=False))
+        n = sum(p.numel() for p in params)
+        n_train = sum(p.numel() for p in params if p.requires_grad)
+        trainable = "-" if not params else ("yes" if n_train == n else
+                                            "no" if n_train == 0 else "partly")
+        rf = fields[rec["name"]]
+        out.rows.append({"layer": rec["name"], "type": type(m).__name__,
+                         "output": rec["out_shape"], "params": n, "trainable_params": n_train,
+                         "trainable": trainable,
+                         "macs": macs(m, rec["in_shape"], rec["out_shape"]),
+                         "rf": rf["size"], "jump": rf["jump"]})
+    return out
