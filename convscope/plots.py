@@ -155,3 +155,65 @@ def plot_conv_matrix(ids: Tensor, in_shape: tuple[int, ...], out_hw: tuple[int, 
         fig.colorbar(im, ax=ax, ticks=range(1, k + 1), label="kernel weight #", shrink=0.8)
     fig.tight_layout()
     return save_figure(fig, save)
+
+
+def plot_layer_stats(stats, idx: int | str, save: str | Path | None = None) -> Figure:
+    """The book's plot_layer_stats: mean, std and % near zero of one layer per batch."""
+    i = stats._layer(idx)
+    fig = Figure(figsize=(12, 3.2))
+    axes = fig.subplots(1, 3)
+    series = (stats.means(i), stats.stds(i), 100 * stats.near_zero(i))
+    titles = ("mean", "std", f"% near zero (|x| <= {stats.zero_thresh:g})")
+    for ax, y, title in zip(axes, series, titles, strict=True):
+        ax.plot(stats.batches, y.numpy())
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("batch")
+        ax.grid(alpha=0.3)
+    axes[2].set_ylim(-3, 103)  # a dead layer sits at exactly 100%: keep the line visible
+    fig.suptitle(f"layer {stats.layer_names[i]}", fontsize=11)
+    fig.tight_layout()
+    return save_figure(fig, save)
+
+
+def color_dim(stats, idx: int | str, recorder=None, save: str | Path | None = None) -> Figure:
+    """The book's colorful dimension: log(1 + histogram counts) of one layer as an image, one
+    column per recorded batch, the lowest bin at the bottom; with a colour bar, and the
+    learning rate drawn along the time axis when a Recorder is given."""
+    import numpy as np
+
+    i = stats._layer(idx)
+    hist = stats.hist(i)  # (records, bins)
+    lo, hi = stats.ranges[i]
+    fig = Figure(figsize=(8, 3.6))
+    ax = fig.subplots()
+    n = len(stats.batches)
+    last = stats.batches[-1] if n else 1
+    im = ax.imshow(np.log1p(hist.T.numpy()), origin="lower", aspect="auto", cmap="viridis",
+                   extent=(stats.batches[0] if n else 0, last, lo, hi))
+    fig.colorbar(im, ax=ax, label="log(1 + count)", pad=0.1)
+    ax.set_xlabel("batch")
+    ax.set_ylabel("activation")
+    ax.set_title(f"layer {stats.layer_names[i]}: histogram over training", fontsize=10)
+    if recorder is not None and recorder.hps["lr"]:
+        lr_ax = ax.twinx()
+        lrs = [g[0] for g in recorder.hps["lr"]]
+        lr_ax.plot(range(len(lrs)), lrs, color="white", linewidth=1.2, alpha=0.8)
+        lr_ax.set_ylabel("learning rate (white)")
+        lr_ax.set_ylim(0, max(lrs) * 1.05)
+    fig.tight_layout()
+    return save_figure(fig, save)
+
+
+def dead_chart(stats, save: str | Path | None = None) -> Figure:
+    """% of activations near zero of every recorded layer over training."""
+    fig = Figure(figsize=(7, 3.6))
+    ax = fig.subplots()
+    for i, name in enumerate(stats.layer_names):
+        ax.plot(stats.batches, 100 * stats.near_zero(i).numpy(), label=f"layer {name}")
+    ax.set_ylim(-3, 103)
+    ax.set_xlabel("batch")
+    ax.set_ylabel(f"% near zero (|x| <= {stats.zero_thresh:g})")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return save_figure(fig, save)

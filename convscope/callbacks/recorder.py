@@ -8,7 +8,9 @@ loop wait for the device.
 
 from __future__ import annotations
 
+import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -16,6 +18,30 @@ from torch import Tensor
 
 from convscope.callbacks.schedule import get_hyper
 from convscope.learner import Callback, _metric_name
+
+
+@dataclass
+class History:
+    """What a Recorder recorded, as plain lists: saved as JSON in a run folder."""
+
+    losses: list[float] = field(default_factory=list)
+    smooth_losses: list[float] = field(default_factory=list)
+    hps: dict[str, list[list[float]]] = field(default_factory=dict)
+    values: list[dict[str, float]] = field(default_factory=list)
+
+    def save(self, path: str | Path) -> None:
+        from convscope.data import atomic_write_bytes
+
+        # NaN and inf are kept (as JSON's NaN/Infinity) since a diverged loss is the point
+        atomic_write_bytes(path, json.dumps(self.__dict__).encode())
+
+    @classmethod
+    def load(cls, path: str | Path) -> History:
+        try:
+            raw = json.loads(Path(path).read_text())
+            return cls(**{k: raw[k] for k in ("losses", "smooth_losses", "hps", "values")})
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}: cannot be read as a training history: {e}") from None
 
 
 class Recorder(Callback):
@@ -90,6 +116,12 @@ class Recorder(Callback):
         row.update(zip(self.metric_names, valid[1:], strict=True))
         row["time"] = time.perf_counter() - self._start
         self.values.append(row)
+
+    def history(self) -> History:
+        """A copy of what was recorded, detached from the learner."""
+        return History(list(self.losses), list(self.smooth_losses),
+                       {k: [list(g) for g in v] for k, v in self.hps.items()},
+                       [dict(v) for v in self.values])
 
     def plot_loss(self, skip_start: int = 5, with_valid: bool = True,
                   save: str | Path | None = None):

@@ -1,0 +1,280 @@
+"""ActivationStats: what each layer's activations look like, batch by batch, cheaply.
+
+For every hooked layer and every recorded training batch it keeps the mean, the std, the share
+of activations near zero (|x| <= `zero_thresh`) and a histogram. This is the data behind the
+book's `plot_layer_stats` and `color_dim`; plots.py draws it and diagnose.py judges it.
+
+Cheap enough to leave on:
+- Statistics are estimated from a uniform random sample of `sample` activations per layer
+  per batch (8,192 by default: the standard error of a share is under 0.6 percentage points),
+  drawn with a generator of its own so training's randomness is untouched. `sample=None`
+  uses every activation (exact, but it costs about as much as the training step itself).
+- Everything is computed on the model's device and written into preallocated tensors there;
+  they are copied to the CPU in one go at the end of each epoch, never synced per batch.
+- Memory: per hooked layer and recorded batch, 3 + `bins` float32 values: with 40 bins,
+  172 bytes, so 1,000 batches of a 5-layer model take 860 KB. `every=N` records one batch in N.
+
+Histograms never drop values: each layer's range is fixed at its first recorded batch to
+[0, hist_max] when that batch has no negative activations (a ReLU's output), else to
+[-hist_max, hist_max]; values outside the range are counted in the end bins.
+
+By default hooks sit on the output of each conv block (after its ReLU, where there is one), so
+"near zero" reads as "dead ReLU". Validation batches are not recorded. Hooks are removed when
+fit ends, also when it is cancelled or raises.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from convscope.learner import Callback
+
+FORMAT = "convscope.activation_stats/1"
+
+
+def conv_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The default modules to hook: each conv block (a Sequential holding a conv as a direct
+    child); for a model without such blocks, every ReLU; failing that, every conv."""
+    blocks = [(n, m) for n, m in model.named_modules() if n and isinstance(m, nn.Sequential)
+              and any(isinstance(c, nn.modules.conv._ConvNd) for c in m.children())]
+    if blocks:
+        return blocks
+    relus = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.ReLU)]
+    return relus or [(n, m) for n, m in model.named_modules()
+                     if isinstance(m, nn.modules.conv._ConvNd)]
+
+
+def _flat(x: Tensor) -> Tensor:
+    """All values of x as a 1-d view when its memory allows (NCHW or channels_last)."""
+    if x.is_contiguous():
+        return x.view(-1)
+    if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return x.permute(0, 2, 3, 1).reshape(-1)  # a view: the NHWC order is contiguous
+    return x.reshape(-1)
+
+
+class ActivationStats(Callback):
+    """Reached as `learn.activation_stats`.
+
+    Args:
+        modules: the modules to hook; default: each conv block (see `conv_blocks`).
+        filter: alternatively, a predicate (name, module) -> bool choosing modules to hook.
+        every: record one training batch in `every`.
+        bins: histogram bins.
+        hist_max: the histogram's range bound (see the module docstring).
+        zero_thresh: |x| <= zero_thresh counts as near zero.
+        sample: activations sampled per layer and batch; None for all of them.
+        seed: seeds the sampling generator.
+
+    After fit: `layer_names`, `batches` (the training-batch index of each record), and per
+    layer `stats[i]` (records, 3) = mean, std, near-zero share, `hists[i]` (records, bins)
+    counts, `ranges[i]` = (lo, hi).
+    """
+
+    order = 40
+
+    def __init__(self, modules: list[nn.Module] | None = None,
+                 filter: Callable[[str, nn.Module], bool] | None = None, every: int = 1,
+                 bins: int = 40, hist_max: float = 10.0, zero_thresh: float = 0.05,
+                 sample: int | None = 8192, seed: int = 0) -> None:
+        if every < 1 or bins < 2 or hist_max <= 0 or zero_thresh < 0:
+            raise ValueError(f"Expected every >= 1, bins >= 2, hist_max > 0, zero_thresh >= 0."
+                             f" Received: every={every}, bins={bins}, hist_max={hist_max}, "
+                             f"zero_thresh={zero_thresh}.")
+        self.modules, self.filter = modules, filter
+        self.every, self.bins, self.hist_max = every, bins, hist_max
+        self.zero_thresh, self.sample, self.seed = zero_thresh, sample, seed
+        self.layer_names: list[str] = []
+        self.batches: list[int] = []
+        self.stats: list[Tensor] = []
+        self.hists: list[Tensor] = []
+        self.ranges: list[tuple[float, float]] = []
+        self._handles: list = []
+
+    # --- hooking ---------------------------------------------------------------------------
+    def _targets(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
+        names = {m: n for n, m in model.named_modules()}
+        if self.modules is not None:
+            missing = [m for m in self.modules if m not in names]
+            if missing:
+                raise ValueError(f"ActivationStats got {len(missing)} module(s) that are not "
+                                 f"part of the model, e.g. {missing[0]!r}.")
+            return [(names[m], m) for m in self.modules]
+        if self.filter is not None:
+            chosen = [(n, m) for n, m in model.named_modules() if n and self.filter(n, m)]
+            if not chosen:
+                raise ValueError("ActivationStats' filter chose no module. Named modules: "
+                                 f"{[n for n, _ in model.named_modules() if n][:20]}.")
+            return chosen
+        return conv_blocks(model)
+
+    def before_fit(self) -> None:
+        learn = self.learn
+        targets = self._targets(learn.model)
+        self.layer_names = [n for n, _ in targets]
+        device = learn.dls.device
+        capacity = -(-learn.total_iters // self.every)  # ceil
+        n = len(targets)
+        self._stats = torch.zeros(n, capacity, 3, device=device)
+        self._hists = torch.zeros(n, capacity, self.bins, device=device)
+        self._ranges: list[tuple[float, float] | None] = [None] * n
+        self._gen = torch.Generator(device=device).manual_seed(self.seed)
+        self._count = 0
+        self._pending = False
+        self.batches, self.stats, self.hists, self.ranges = [], [], [], []
+        self._handles = [m.register_forward_hook(self._hook(i)) for i, (_, m) in
+                         enumerate(targets)]
+
+    def _recording(self) -> bool:
+        learn = self.learn
+        return learn.training and learn.train_iter % self.every == 0
+
+    def before_batch(self) -> None:
+        self._pending = self._recording()
+
+    def _hook(self, i: int):
+        def hook(module: nn.Module, inputs, output) -> None:
+            if self._pending:
+                with torch.no_grad():
+                    self._record(i, output[0] if isinstance(output, tuple) else output)
+        return hook
+
+    def _record(self, i: int, x: Tensor) -> None:
+        flat = _flat(x.detach())
+        if self.sample is not None and flat.numel() > self.sample:
+            idx = torch.randint(flat.numel(), (self.sample,), generator=self._gen,
+                                device=flat.device)
+            flat = flat[idx]
+        flat = flat.float()
+        if self._ranges[i] is None:  # one sync per layer per fit, on its first batch
+            lo = -self.hist_max if bool((flat < 0).any()) else 0.0
+            self._ranges[i] = (lo, self.hist_max)
+        lo, hi = self._ranges[i]  # type: ignore[misc]
+        var, mean = torch.var_mean(flat, correction=0)
+        near = (flat.abs() <= self.zero_thresh).float().mean()
+        row = self._count
+        self._stats[i, row] = torch.stack([mean, var.sqrt(), near])
+        bins = ((flat - lo) * (self.bins / (hi - lo))).clamp_(0, self.bins - 1)
+        # +-inf land in the end bins; NaN belongs in none: count it in an extra bin, dropped
+        bins = bins.nan_to_num_(nan=self.bins).long()
+        self._hists[i, row] = torch.bincount(bins, minlength=self.bins + 1)[:self.bins].float()
+
+    def after_pred(self) -> None:
+        # the hooks have run by now: count the batch here, not in after_batch, which a
+        # CancelFitException or an error later in the batch would skip
+        if self._pending:
+            self.batches.append(self.learn.train_iter)
+            self._count += 1
+            self._pending = False
+
+    def after_epoch(self) -> None:
+        self._collect()
+
+    def after_fit(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        if hasattr(self, "_stats"):
+            self._collect()
+
+    def _collect(self) -> None:
+        """Copy what was recorded to the CPU, in one transfer per tensor."""
+        n = self._count
+        stats, hists = self._stats[:, :n].cpu(), self._hists[:, :n].cpu()
+        self.stats = list(stats.unbind(0))
+        self.hists = list(hists.unbind(0))
+        self.ranges = [r if r is not None else (0.0, self.hist_max) for r in self._ranges]
+
+    # --- reading ---------------------------------------------------------------------------
+    def _layer(self, idx: int | str) -> int:
+        if isinstance(idx, str):
+            if idx not in self.layer_names:
+                raise ValueError(f"No recorded layer {idx!r}. Recorded: {self.layer_names}.")
+            return self.layer_names.index(idx)
+        if not -len(self.layer_names) <= idx < len(self.layer_names):
+            raise ValueError(f"Layer index out of range. Received: {idx}; "
+                             f"{len(self.layer_names)} layers were recorded.")
+        return idx
+
+    def means(self, idx: int | str) -> Tensor:
+        return self.stats[self._layer(idx)][:, 0]
+
+    def stds(self, idx: int | str) -> Tensor:
+        return self.stats[self._layer(idx)][:, 1]
+
+    def near_zero(self, idx: int | str) -> Tensor:
+        """Share of activations with |x| <= zero_thresh, per recorded batch."""
+        return self.stats[self._layer(idx)][:, 2]
+
+    def hist(self, idx: int | str) -> Tensor:
+        """(records, bins) histogram counts of a layer."""
+        return self.hists[self._layer(idx)]
+
+    def plot_layer_stats(self, idx: int | str, save: str | Path | None = None):
+        """Mean, std and % near zero of layer `idx` against batch number; returns the figure."""
+        from convscope import plots
+
+        return plots.plot_layer_stats(self, idx, save=save)
+
+    def color_dim(self, idx: int | str, save: str | Path | None = None):
+        """The layer's histograms over training as an image (log counts); returns the figure."""
+        from convscope import plots
+
+        recorder = getattr(getattr(self, "learn", None), "recorder", None)
+        return plots.color_dim(self, idx, recorder=recorder, save=save)
+
+    def dead_chart(self, save: str | Path | None = None):
+        """% near zero of every layer over training; returns the figure."""
+        from convscope import plots
+
+        return plots.dead_chart(self, save=save)
+
+    # --- saving ----------------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        """Write the recorded data as safetensors (no pickle), atomically."""
+        from safetensors.torch import save
+
+        from convscope.data import atomic_write_bytes
+
+        tensors = {"batches": torch.tensor(self.batches, dtype=torch.int64)}
+        for i in range(len(self.layer_names)):
+            tensors[f"stats.{i}"] = self.stats[i].contiguous()
+            tensors[f"hists.{i}"] = self.hists[i].contiguous()
+        meta = {"format": FORMAT, "layer_names": json.dumps(self.layer_names),
+                "ranges": json.dumps(self.ranges), "every": str(self.every),
+                "bins": str(self.bins), "zero_thresh": str(self.zero_thresh),
+                "sample": json.dumps(self.sample), "hist_max": str(self.hist_max)}
+        atomic_write_bytes(path, save(tensors, metadata=meta))
+
+    @classmethod
+    def load(cls, path: str | Path) -> ActivationStats:
+        """Read data written by `save` (for plots and diagnosis without a learner)."""
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), "pt") as f:
+                meta = f.metadata() or {}
+                if meta.get("format") != FORMAT:
+                    raise ValueError(f"{path}: not an ActivationStats file (format "
+                                     f"{meta.get('format')!r}, expected {FORMAT!r}).")
+                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        except (OSError, RuntimeError) as e:
+            raise ValueError(f"{path}: cannot be read as ActivationStats: {e}") from None
+        except Exception as e:  # safetensors raises its own error type for a bad header
+            if isinstance(e, ValueError):
+                raise
+            raise ValueError(f"{path}: cannot be read as ActivationStats: {e}") from None
+        obj = cls(every=int(meta["every"]), bins=int(meta["bins"]),
+                  hist_max=float(meta["hist_max"]), zero_thresh=float(meta["zero_thresh"]),
+                  sample=json.loads(meta["sample"]))
+        obj.layer_names = json.loads(meta["layer_names"])
+        obj.ranges = [tuple(r) for r in json.loads(meta["ranges"])]
+        obj.batches = tensors["batches"].tolist()
+        obj.stats = [tensors[f"stats.{i}"] for i in range(len(obj.layer_names))]
+        obj.hists = [tensors[f"hists.{i}"] for i in range(len(obj.layer_names))]
+        return obj

@@ -1,0 +1,266 @@
+"""Diagnosis: turn what ActivationStats and the Recorder saw into verdicts in plain words.
+
+Chapter 13 teaches reading `plot_layer_stats` and `color_dim` by eye: a layer whose
+activations are all near zero is dead; activations that repeatedly collapse and recover mean
+training is unstable; a loss that shoots up means the learning rate is too high. Each detector
+below looks for one such pattern and, when it fires, returns a Finding with the layer, the
+batches, the number behind it and what to try.
+
+Works from a Learner or from saved data (`ActivationStats.load`, `History.load`), so a run
+folder can be judged after the fact.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+
+SEVERITIES = ("error", "warning", "info")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One verdict. `batches` is the (first, last) training batch it is about."""
+
+    severity: str
+    kind: str
+    message: str
+    suggestion: str
+    layer: str | None = None
+    batches: tuple[int, int] | None = None
+    value: float | None = None
+
+    def __str__(self) -> str:
+        return f"[{self.severity}] {self.message} {self.suggestion}".strip()
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Thresholds:
+    """What counts as a problem. Shares are fractions (0.9 = 90%)."""
+
+    dead: float = 0.9  # near-zero share, averaged over the last `late` of training
+    late: float = 0.25
+    collapse_ratio: float = 0.01  # late std / early std below this: collapsed
+    explode_ratio: float = 100.0  # late std / early std above this: exploded
+    layer_ratio: float = 100.0  # std of last vs first layer, either way
+    unstable_high: float = 0.9  # a layer "collapses" when its share goes above this
+    unstable_low: float = 0.6  # ... and "recovers" when it comes back below this
+    unstable_cycles: int = 2
+    spike: float = 3.0  # a batch loss this many times the median of the previous window
+    spike_window: int = 20
+    diverge: float = 1.5  # smoothed loss at the end this many times its best
+    stuck: float = 0.95  # smoothed loss at the end above this share of the first
+    gap: float = 2.0  # valid loss this many times the train loss of the same epoch
+
+
+def _span(batches: list[int], start: int, end: int) -> tuple[int, int]:
+    return (batches[start], batches[max(end - 1, start)])
+
+
+def _late(n: int, late: float) -> int:
+    return max(0, n - max(1, math.ceil(n * late)))
+
+
+def dead_layers(stats, th: Thresholds) -> list[Finding]:
+    """Layers whose non-negative activations (after a ReLU) are near zero late in training."""
+    out = []
+    n = len(stats.batches)
+    if n == 0:
+        return out
+    start = _late(n, th.late)
+    for i, name in enumerate(stats.layer_names):
+        if stats.ranges[i][0] < 0:  # signed output (logits, no ReLU): zero is not "dead"
+            continue
+        share = float(stats.near_zero(i)[start:].mean())
+        if share > th.dead:
+            out.append(Finding(
+                "error" if share > 0.99 else "warning", "dead_layer",
+                f"Layer {name}: {share:.0%} of activations are near zero (|x| <= "
+                f"{stats.zero_thresh:g}) over the last {n - start} recorded batches.",
+                "Its ReLUs have died: lower the learning rate, warm it up (fit_one_cycle), or "
+                "add batchnorm (simple_cnn(bn=True)).",
+                layer=name, batches=_span(stats.batches, start, n), value=share))
+    return out
+
+
+def collapse_or_explode(stats, th: Thresholds) -> list[Finding]:
+    """Activation scale that shrinks toward 0 or blows up, over time or across layers."""
+    out = []
+    n = len(stats.batches)
+    if n < 4:
+        return out
+    early_end, late_start = max(1, math.ceil(n * th.late)), _late(n, th.late)
+    late_stds = []
+    for i, name in enumerate(stats.layer_names):
+        std = stats.stds(i)
+        early, late = float(std[:early_end].mean()), float(std[late_start:].mean())
+        late_stds.append(late)
+        if not (math.isfinite(early) and math.isfinite(late)):
+            out.append(Finding("error", "explode", f"Layer {name}: activations became NaN or "
+                               f"infinite.", "Lower the learning rate; add batchnorm.",
+                               layer=name, batches=_span(stats.batches, 0, n)))
+            continue
+        ratio = late / early if early > 0 else float("inf")
+        dead = stats.ranges[i][0] >= 0 and float(stats.near_zero(i)[late_start:].mean()) > th.dead
+        if ratio < th.collapse_ratio and not dead:
+            out.append(Finding("warning", "collapse", f"Layer {name}: activation std fell from "
+                               f"{early:.3g} to {late:.3g} ({ratio:.2g}x).",
+                               "Activations are collapsing toward a constant: check the "
+                               "initialisation, lower the learning rate, or add batchnorm.",
+                               layer=name, batches=_span(stats.batches, late_start, n),
+                               value=ratio))
+        elif ratio > th.explode_ratio:
+            out.append(Finding("error", "explode", f"Layer {name}: activation std grew from "
+                               f"{early:.3g} to {late:.3g} ({ratio:.3g}x).",
+                               "Activations are exploding: lower the learning rate, add "
+                               "batchnorm or weight decay.", layer=name,
+                               batches=_span(stats.batches, late_start, n), value=ratio))
+    if len(late_stds) >= 2 and late_stds[0] > 0 and all(map(math.isfinite, late_stds)):
+        across = late_stds[-1] / late_stds[0]
+        first, last = stats.layer_names[0], stats.layer_names[-1]
+        if across > th.layer_ratio:
+            out.append(Finding("warning", "explode_across_layers",
+                               f"Activation std grows {across:.3g}x from layer {first} to "
+                               f"layer {last}.", "Each layer amplifies the last: use "
+                               "batchnorm or a smaller initialisation.", layer=last,
+                               batches=_span(stats.batches, late_start, n), value=across))
+        elif 0 < across < 1 / th.layer_ratio:
+            out.append(Finding("warning", "collapse_across_layers",
+                               f"Activation std shrinks {1 / across:.3g}x from layer {first} "
+                               f"to layer {last}.", "Signals fade with depth: use batchnorm "
+                               "or a larger initialisation.", layer=last,
+                               batches=_span(stats.batches, late_start, n), value=across))
+    return out
+
+
+def unstable_layers(stats, th: Thresholds) -> list[Finding]:
+    """The book's bad-training pattern in color_dim: the share of near-zero activations
+    repeatedly shoots up (the layer collapses) and falls back (it recovers)."""
+    out = []
+    for i, name in enumerate(stats.layer_names):
+        if stats.ranges[i][0] < 0:
+            continue
+        share = stats.near_zero(i).tolist()
+        cycles, collapsed, first = 0, False, None
+        for j, s in enumerate(share):
+            if not collapsed and s > th.unstable_high:
+                collapsed, first = True, j if first is None else first
+            elif collapsed and s < th.unstable_low:
+                collapsed, cycles = False, cycles + 1
+        if cycles >= th.unstable_cycles:
+            out.append(Finding(
+                "warning", "unstable", f"Layer {name}: activations collapsed to near zero and "
+                f"recovered {cycles} times.", "Training is unstable (the 'bad' color_dim of the "
+                "book): warm the learning rate up with fit_one_cycle, lower it, or add "
+                "batchnorm.", layer=name, batches=_span(stats.batches, first or 0, len(share)),
+                value=float(cycles)))
+    return out
+
+
+def loss_problems(losses: list[float], smooth: list[float], lrs: list[float],
+                  th: Thresholds) -> list[Finding]:
+    """NaN or infinite loss, a loss that diverges or never goes down, and spikes at high lr."""
+    out = []
+    if not losses:
+        return out
+    bad = [i for i, v in enumerate(losses) if not math.isfinite(v)]
+    if bad:
+        lr = f" with lr {lrs[bad[0]]:.3g}" if bad[0] < len(lrs) else ""
+        out.append(Finding("error", "nan_loss", f"The loss became {losses[bad[0]]} at batch "
+                           f"{bad[0]}{lr}.", "Lower the learning rate, warm it up "
+                           "(fit_one_cycle), or add batchnorm.",
+                           batches=(bad[0], bad[-1]), value=float(len(bad))))
+        return out
+    best = min(range(len(smooth)), key=smooth.__getitem__)
+    if smooth[-1] > th.diverge * smooth[best] and best < len(smooth) - 1:
+        out.append(Finding("error", "diverged", f"The smoothed loss rose from {smooth[best]:.3g}"
+                           f" at batch {best} to {smooth[-1]:.3g} at the end.",
+                           "Training diverged: lower the learning rate.",
+                           batches=(best, len(smooth) - 1), value=smooth[-1] / smooth[best]))
+    elif len(smooth) >= 20 and smooth[-1] > th.stuck * smooth[0]:
+        out.append(Finding("error", "stuck", f"The loss barely moved: {smooth[0]:.3g} at the "
+                           f"start, {smooth[-1]:.3g} at the end.", "Nothing was learned: the "
+                           "learning rate may be far too high (dead layers) or too low; try "
+                           "lr_find.", batches=(0, len(smooth) - 1),
+                           value=smooth[-1] / smooth[0]))
+    t = torch.tensor(losses)
+    w = th.spike_window
+    spikes = []
+    for i in range(w, len(losses)):
+        med = float(t[i - w:i].median())
+        if med > 0 and losses[i] > th.spike * med:
+            spikes.append((i, losses[i] / med))
+    if spikes and lrs:
+        i, ratio = max(spikes, key=lambda s: s[1])
+        lr, lr_max = lrs[min(i, len(lrs) - 1)], max(lrs)
+        high = lr >= 0.5 * lr_max
+        out.append(Finding(
+            "warning", "loss_spike", f"{len(spikes)} batch(es) where the loss jumped to over "
+            f"{th.spike:g}x its recent median; the largest, {ratio:.3g}x at batch {i}, with lr "
+            f"{lr:.3g}" + (" (near the peak)." if high else "."),
+            "The learning rate is too high for this point of training: lower lr_max."
+            if high else "A bad batch or a sharp region of the loss: a lower learning rate or "
+            "a larger batch smooths it.", batches=(spikes[0][0], spikes[-1][0]), value=ratio))
+    return out
+
+
+def valid_gap(values: list[dict], th: Thresholds) -> list[Finding]:
+    """The valid loss far above the train loss: the model does not do on new data what it
+    does on the training batches."""
+    if not values:
+        return []
+    last = values[-1]
+    train, valid = last.get("train_loss", math.nan), last.get("valid_loss", math.nan)
+    if not (math.isfinite(train) and math.isfinite(valid)) or train <= 0:
+        return []
+    ratio = valid / train
+    if ratio <= th.gap or valid - train < 0.1:
+        return []
+    acc = f" (accuracy {last['accuracy']:.1%})" if "accuracy" in last else ""
+    return [Finding(
+        "error" if ratio > 2 * th.gap else "warning", "valid_gap",
+        f"Epoch {last.get('epoch', len(values) - 1)}: valid loss {valid:.3g}{acc} is "
+        f"{ratio:.3g}x the train loss {train:.3g}.",
+        "With batchnorm and a high learning rate the running statistics used for validation "
+        "lag the weights: lower the learning rate or anneal it (fit_one_cycle). Late in a long "
+        "run it is overfitting: fewer epochs, more data or augmentation.", value=ratio)]
+
+
+def diagnose(learn=None, stats=None, history=None,
+             thresholds: Thresholds | None = None) -> list[Finding]:
+    """Every finding about a run, the most severe first; one "healthy" finding if none.
+
+    Args:
+        learn: a Learner after fit (its activation_stats and recorder are used), or
+        stats: an ActivationStats (e.g. loaded from a run folder) and/or
+        history: a Recorder or History with losses, smooth_losses and hps.
+    """
+    th = thresholds or Thresholds()
+    if learn is not None:
+        stats = stats or getattr(learn, "activation_stats", None)
+        history = history or getattr(learn, "recorder", None)
+    findings: list[Finding] = []
+    if history is not None:
+        lrs = [g[0] for g in history.hps.get("lr", [])]
+        findings += loss_problems(list(history.losses), list(history.smooth_losses), lrs, th)
+        findings += valid_gap(list(history.values), th)
+    if stats is not None and stats.batches:
+        findings += dead_layers(stats, th)
+        findings += collapse_or_explode(stats, th)
+        findings += unstable_layers(stats, th)
+    if stats is None and history is None:
+        raise ValueError("diagnose needs a Learner after fit, or recorded stats or history.")
+    findings.sort(key=lambda f: SEVERITIES.index(f.severity))
+    if not findings:
+        looked = (["the loss"] if history is not None else []) + (
+            [f"{len(stats.layer_names)} layers' activations"] if stats is not None else [])
+        findings.append(Finding("info", "healthy", "The run looks healthy: no dead, collapsing "
+                                "or exploding layers, no loss spikes, NaN or divergence, and "
+                                "valid loss in line with train loss "
+                                f"(checked {' and '.join(looked)}).", ""))
+    return findings

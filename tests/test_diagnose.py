@@ -1,0 +1,125 @@
+"""The detectors fire on runs that show their pattern and stay quiet on a healthy run."""
+
+import pytest
+import torch
+
+from convscope.callbacks.activation_stats import ActivationStats
+from convscope.callbacks.recorder import History
+from convscope.callbacks.schedule import ParamScheduler
+from convscope.data import DataLoaders, mnist
+from convscope.diagnose import Finding, Thresholds, diagnose
+from convscope.learner import Learner, sgd
+from convscope.models import simple_cnn
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return mnist().subset(4000, 2000, seed=0)
+
+
+def run(data, bn, lr, one_cycle=False, opt_func=None, cbs=(), bs=64):
+    torch.manual_seed(0)
+    learn = Learner(DataLoaders.from_data(data, bs=bs), simple_cnn(bn=bn),
+                    cbs=[ActivationStats(), *cbs], progress=False,
+                    **({"opt_func": opt_func} if opt_func else {}))
+    (learn.fit_one_cycle if one_cycle else learn.fit)(1, lr)
+    return learn
+
+
+def kinds(findings):
+    return {(f.kind, f.layer) for f in findings}
+
+
+def test_books_bad_run_dead_layers(digits):
+    """The book's model without batchnorm at a constant lr of 0.06 (Adam): dead ReLUs."""
+    findings = diagnose(run(digits, bn=False, lr=0.06))
+    assert {("dead_layer", "1"), ("dead_layer", "2"), ("dead_layer", "3")} <= kinds(findings)
+    assert ("stuck", None) in kinds(findings)
+    dead = next(f for f in findings if f.kind == "dead_layer")
+    assert dead.severity == "error" and dead.value > 0.99
+    assert "batchnorm" in dead.suggestion and dead.batches[1] == 62
+    assert findings[0].severity == "error"  # most severe first
+
+
+def test_books_good_run_is_healthy(digits):
+    """With batchnorm and 1cycle: nothing fires."""
+    findings = diagnose(run(digits, bn=True, lr=1e-2, one_cycle=True))
+    assert [f.kind for f in findings] == ["healthy"]
+    assert "looks healthy" in findings[0].message
+
+
+def test_nan_loss(digits):
+    findings = diagnose(run(digits, bn=False, lr=1e6, opt_func=sgd))
+    nan = next(f for f in findings if f.kind == "nan_loss")
+    assert nan.severity == "error" and "with lr 1e+06" in nan.message
+
+
+def test_loss_spike_when_lr_jumps(digits):
+    """A schedule that jumps from 1e-3 to 2.0 for three batches mid-run makes the loss spike."""
+    def jump(step, total):
+        return 2.0 if 40 <= step < 43 else 1e-3
+
+    findings = diagnose(run(digits, bn=True, lr=1e-3, cbs=[ParamScheduler({"lr": jump})]))
+    spike = next(f for f in findings if f.kind == "loss_spike")
+    assert 40 <= spike.batches[0] <= 44 and "near the peak" in spike.message
+    assert "lower lr_max" in spike.suggestion
+
+
+def test_valid_gap_with_stale_batchnorm_statistics(digits):
+    findings = diagnose(run(digits, bn=True, lr=3.0))
+    gap = next(f for f in findings if f.kind == "valid_gap")
+    assert gap.value > 2 and "running statistics" in gap.suggestion
+
+
+def synthetic(near_zero_rows, std_rows, lo=0.0):
+    """ActivationStats holding given per-batch series (one list per layer)."""
+    s = ActivationStats()
+    s.layer_names = [str(i) for i in range(len(near_zero_rows))]
+    s.batches = list(range(len(near_zero_rows[0])))
+    s.ranges = [(lo, 10.0)] * len(near_zero_rows)
+    s.stats = [torch.stack([torch.zeros(len(nz)), torch.tensor(sd), torch.tensor(nz)], dim=1)
+               for nz, sd in zip(near_zero_rows, std_rows, strict=True)]
+    s.hists = [torch.zeros(len(nz), 40) for nz in near_zero_rows]
+    return s
+
+
+def test_collapse_and_recovery_pattern():
+    wave = ([0.5] * 10 + [0.97] * 5 + [0.4] * 5) * 3 + [0.5] * 20
+    flat = [0.5] * 80
+    stats = synthetic([wave, flat], [[1.0] * 80, [1.0] * 80])
+    findings = diagnose(stats=stats)
+    unstable = [f for f in findings if f.kind == "unstable"]
+    assert [(f.layer, f.value) for f in unstable] == [("0", 3.0)]
+    assert unstable[0].batches == (10, 79)
+
+
+def test_collapse_and_explosion_over_time_and_across_layers():
+    n = 40
+    shrinking = [1.0 * 0.8 ** i for i in range(n)]
+    growing = [1.0 * 1.3 ** i for i in range(n)]
+    stats = synthetic([[0.5] * n] * 2, [shrinking, growing])
+    found = kinds(diagnose(stats=stats))
+    assert ("collapse", "0") in found and ("explode", "1") in found
+    assert ("explode_across_layers", "1") in found
+
+
+def test_healthy_when_nothing_fires_and_thresholds_configurable():
+    stats = synthetic([[0.5] * 30], [[1.0] * 30])
+    assert [f.kind for f in diagnose(stats=stats)] == ["healthy"]
+    smooth = [2.0 - i / 30 for i in range(30)]
+    hist = History(losses=[2.0, 1.0] * 15, smooth_losses=smooth, hps={"lr": [[0.1]] * 30})
+    assert [f.kind for f in diagnose(history=hist)] == ["healthy"]
+    dead = synthetic([[0.95] * 30], [[1.0] * 30])
+    assert diagnose(stats=dead)[0].kind == "dead_layer"
+    assert diagnose(stats=dead, thresholds=Thresholds(dead=0.96))[0].kind == "healthy"
+
+
+def test_diagnose_needs_something_to_judge():
+    with pytest.raises(ValueError, match="needs a Learner after fit"):
+        diagnose()
+
+
+def test_finding_reads_as_a_sentence():
+    f = Finding("warning", "x", "Layer 2: 93% near zero.", "Add batchnorm.", layer="2")
+    assert str(f) == "[warning] Layer 2: 93% near zero. Add batchnorm."
+    assert f.to_dict()["layer"] == "2"
