@@ -100,26 +100,23 @@ def test_every_n_and_memory_is_bounded():
     assert stats.hists[0].shape == (6, 40)
 
 
-def test_hooks_removed_after_fit_cancel_and_error():
-    def hooked(model):
-        return sum(len(m._forward_hooks) for m in model.modules())
+@pytest.mark.parametrize("stop", [None, CancelFitException, RuntimeError])
+def test_hooks_removed_after_fit_cancel_and_error(stop):
+    class Stop(Callback):
+        def after_step(self):
+            if stop:
+                raise stop("stop")
 
-    for raise_in_step in (None, CancelFitException, RuntimeError):
-        class Stop(Callback):
-            def after_step(self):
-                if raise_in_step:
-                    raise raise_in_step("stop")
-
-        stats = ActivationStats()
-        learn = learner([stats, Stop()])
-        if raise_in_step is RuntimeError:
-            with pytest.raises(RuntimeError):
-                learn.fit(1)
-        else:
+    stats = ActivationStats()
+    learn = learner([stats, Stop()])
+    if stop is RuntimeError:
+        with pytest.raises(RuntimeError):
             learn.fit(1)
-        assert hooked(learn.model) == 0
-        assert len(stats.batches) == (4 if raise_in_step is None else 1)
-        assert stats.stats[0].shape[0] == len(stats.batches)
+    else:
+        learn.fit(1)
+    assert sum(len(m._forward_hooks) for m in learn.model.modules()) == 0
+    assert len(stats.batches) == (4 if stop is None else 1)
+    assert stats.stats[0].shape[0] == len(stats.batches)
 
 
 def test_recording_does_not_change_training():
