@@ -4,8 +4,16 @@ The system chapter 13 of the fastai book teaches, as a library: conv blocks and 
 in-memory MNIST DataLoaders, a Learner with callbacks, 1cycle training and a Recorder.
 """
 
-from convscope.callbacks import ChannelsLast, ParamScheduler, ProgressCallback, Recorder
+from convscope.callbacks import (
+    ActivationStats,
+    ChannelsLast,
+    History,
+    ParamScheduler,
+    ProgressCallback,
+    Recorder,
+)
 from convscope.data import DataLoader, DataLoaders, ImageData, idx_folder, mnist, read_idx
+from convscope.diagnose import Finding, diagnose
 from convscope.layers import Flatten, conv
 from convscope.learner import (
     Callback,
@@ -18,9 +26,14 @@ from convscope.learner import (
     sgd,
 )
 from convscope.models import simple_cnn
+from convscope.plots import color_dim, dead_chart, plot_layer_stats
 from convscope.recipe import TrainConfig, run_training
+from convscope.report import build_report
+from convscope.summary import summary
 
 __all__ = [
+    "ActivationStats", "Finding", "History", "build_report", "color_dim", "dead_chart",
+    "diagnose", "plot_layer_stats", "summary",
     "CancelBatchException", "CancelEpochException", "CancelFitException", "Callback",
     "ChannelsLast", "DataLoader", "DataLoaders", "Flatten", "ImageData", "Learner",
     "ParamScheduler", "ProgressCallback", "Recorder", "TrainConfig", "accuracy", "adamw", "conv",

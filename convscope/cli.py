@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hold out P of the training set as valid set (default: the test set)")
     t.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                    help="keep NCHW memory order")
+    t.add_argument("--no-stats", dest="stats", action="store_false",
+                   help="do not record ActivationStats (the report then has no layer plots)")
     t.set_defaults(func=_train)
 
     k = sub.add_parser("kernel", help="apply a kernel to an image and draw the result",
@@ -87,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--out", metavar="FILE", default="runs/conv_matrix.png",
                    help="PNG to write (default: runs/conv_matrix.png)")
     m.set_defaults(func=_conv_matrix)
+
+    r = sub.add_parser("report", help="rebuild report.html of a run folder",
+                       description="Rebuild RUN_DIR/report.html from the files the run saved.")
+    r.add_argument("run_dir", metavar="RUN_DIR")
+    r.set_defaults(func=_report)
 
     s = sub.add_parser("summary", help="per-layer shapes, parameters, MACs, receptive field")
     s.add_argument("--model", default="simple_cnn", help=f"one of {', '.join(MODELS)} "
@@ -176,6 +183,13 @@ def _conv_matrix(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from convscope.report import build_report
+
+    print(f"wrote {build_report(args.run_dir)}")
+    return 0
+
+
 def _summary(args: argparse.Namespace) -> int:
     from convscope.models import simple_cnn
     from convscope.summary import summary
@@ -209,7 +223,8 @@ def _train(args: argparse.Namespace) -> int:
             raise UserError(f"--data: {args.data!r} lacks {', '.join(missing)} (raw or .gz)")
     cfg = TrainConfig(data=args.data, epochs=args.epochs, lr=args.lr, bs=args.bs,
                       seed=args.seed, out=args.out, device=args.device, subset=args.subset,
-                      valid_pct=args.valid_pct, channels_last=args.channels_last)
+                      valid_pct=args.valid_pct, channels_last=args.channels_last,
+                      stats=args.stats)
     run_training(cfg)
     return 0
 

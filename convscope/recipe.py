@@ -6,7 +6,10 @@ The run folder holds:
     metrics.csv      one row per epoch: epoch, train_loss, valid_loss, accuracy, time
     model.safetensors  the trained weights (no pickle: safe to load from anyone); its metadata
                      holds the classes and the input normalisation (mean, std)
+    history.json     the Recorder's per-batch losses and hyperparameters
+    activation_stats.safetensors  what ActivationStats recorded (unless turned off)
     show_batch.png, loss.png, sched.png
+    report.html      everything above on one page, the diagnosis at the top
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ class TrainConfig:
         subset: train on this many random training images (all when None).
         valid_pct: hold out this share of the training set as valid set instead of the test set.
         channels_last: NHWC memory order (faster for convolutions on CPU and GPU).
+        stats: record ActivationStats (for the diagnosis and the report's layer plots).
     """
 
     data: str | None = None
@@ -58,6 +62,7 @@ class TrainConfig:
     subset: int | None = None
     valid_pct: float | None = None
     channels_last: bool = True
+    stats: bool = True
 
     def __post_init__(self) -> None:
         if self.epochs < 0:
@@ -111,12 +116,14 @@ class TrainResult:
 
 def make_learner(data: ImageData, cfg: TrainConfig, progress: bool = True) -> Learner:
     """The recipe's Learner: simple_cnn with batchnorm, AdamW, channels_last when asked."""
-    from convscope.callbacks import ChannelsLast
+    from convscope.callbacks import ActivationStats, ChannelsLast
 
     dls = DataLoaders.from_data(data, bs=cfg.bs, seed=cfg.seed, device=resolve_device(cfg.device))
     torch.manual_seed(cfg.seed)
     model = simple_cnn(in_channels=dls.in_channels, n_classes=dls.c)
     cbs = [ChannelsLast()] if cfg.channels_last else []
+    if cfg.stats:
+        cbs.append(ActivationStats(seed=cfg.seed))
     return Learner(dls, model, lr=cfg.lr, cbs=cbs, progress=progress)
 
 
@@ -140,6 +147,8 @@ def save_weights(model: torch.nn.Module, path: Path, metadata: dict[str, str]) -
 def run_training(cfg: TrainConfig, log=print) -> TrainResult:
     """Train as `cfg` says and write the run folder; return where, and the final accuracy."""
     from convscope import plots
+    from convscope.diagnose import diagnose
+    from convscope.report import build_report
 
     data = load_data(cfg)
     run_dir = Path(cfg.out)
@@ -158,7 +167,12 @@ def run_training(cfg: TrainConfig, log=print) -> TrainResult:
     save_weights(learn.model, run_dir / "model.safetensors",
                  {"model": "simple_cnn", "in_channels": str(learn.dls.in_channels),
                   "n_classes": str(learn.dls.c), "classes": json.dumps(learn.dls.classes),
+                  "input_shape": json.dumps(list(learn.dls.train.x.shape[1:])),
                   "mean": json.dumps(mean.tolist()), "std": json.dumps(std.tolist())})
+    learn.recorder.history().save(run_dir / "history.json")
+    stats = getattr(learn, "activation_stats", None)
+    if stats is not None:
+        stats.save(run_dir / "activation_stats.safetensors")
     if values:
         plots.plot_loss(learn.recorder, save=run_dir / "loss.png")
         plots.plot_sched(learn.recorder, save=run_dir / "sched.png")
@@ -166,5 +180,8 @@ def run_training(cfg: TrainConfig, log=print) -> TrainResult:
     split = "valid" if cfg.valid_pct else "test"
     log(f"{split} accuracy: {accuracy:.2%} after {cfg.epochs} "
         f"epoch{'s' if cfg.epochs != 1 else ''} in {seconds:.1f}s of training")
-    log(f"run folder: {run_dir}")
+    for finding in diagnose(learn):
+        log(f"diagnosis: {finding}")
+    report = build_report(run_dir)
+    log(f"run folder: {run_dir} (open {report.name})")
     return TrainResult(run_dir, accuracy, seconds, values)

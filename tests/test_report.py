@@ -1,0 +1,80 @@
+import os
+
+import pytest
+from browser import check_page, find_chromium
+from conftest import write_idx_folder
+
+from convscope.cli import main
+from convscope.report import build_report, load_run
+
+# CI installs Debian's chromium (.ci/run): there a missing browser is a failure, not a skip.
+needs_browser = pytest.mark.skipif(find_chromium() is None and not os.environ.get("CI"),
+                                   reason="no chromium on PATH (CI installs it)")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("report")
+    data = write_idx_folder(tmp / "data", n_train=96, n_valid=48)
+    run = tmp / "run"
+    assert main(["train", "--data", str(data), "--epochs", "2", "--bs", "16", "--out",
+                 str(run)]) == 0
+    return run
+
+
+def test_run_folder_has_report_and_saved_data(run_dir):
+    for name in ("report.html", "history.json", "activation_stats.safetensors"):
+        assert (run_dir / name).stat().st_size > 0
+    run = load_run(run_dir)
+    assert len(run.values) == 2 and len(run.history.losses) == 2 * 6
+    assert run.stats.layer_names == ["0", "1", "2", "3", "4"]
+
+
+def test_report_content(run_dir):
+    page = (run_dir / "report.html").read_text()
+    assert page.index("<h2>Diagnosis</h2>") < page.index("<h2>Settings</h2>")
+    for section in ("Epochs", "Loss and schedule", "Model summary", "A training batch",
+                    "Activations"):
+        assert f"<h2>{section}</h2>" in page
+    assert page.count('alt="layer ') == 2 * 5  # plot_layer_stats and color_dim per layer
+    assert "<script" not in page and "src=\"http" not in page  # self-contained
+    assert "total params: 30,412" in page
+
+
+def test_report_command_rebuilds_it(run_dir, capsys):
+    (run_dir / "report.html").unlink()
+    assert main(["report", str(run_dir)]) == 0
+    assert (run_dir / "report.html").is_file()
+    assert f"wrote {run_dir / 'report.html'}" in capsys.readouterr().out
+
+
+def test_report_command_errors(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "nope")]) == 2
+    assert "Run folder not found" in capsys.readouterr().err
+    (tmp_path / "config.json").write_text("{}")
+    assert main(["report", str(tmp_path)]) == 2
+    assert "lacks metrics.csv, history.json" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="not a complete run folder"):
+        build_report(tmp_path)
+
+
+@needs_browser
+def test_report_renders_in_a_real_browser(run_dir):
+    shot = run_dir / "report-screenshot.png"
+    result = check_page(run_dir / "report.html", shot)
+    assert result.console_errors == [] and result.exceptions == []
+    assert len(result.images) >= 2 * 5 + 4
+    assert result.broken_images == []
+    assert shot.read_bytes()[:4] == b"\x89PNG" and shot.stat().st_size > 20_000
+    print(f"screenshot: {shot}")
+
+
+@needs_browser
+def test_browser_check_catches_errors_and_broken_images(tmp_path):
+    """The check above can fail: a page with a script error and a broken image is caught."""
+    bad = tmp_path / "bad.html"
+    bad.write_text("<html><body><img alt='gone' src='missing.png'>"
+                   "<script>console.error('boom'); undefined_function();</script></body></html>")
+    result = check_page(bad, tmp_path / "bad.png")
+    assert result.console_errors and result.exceptions
+    assert [i["alt"] for i in result.broken_images] == ["gone"]
