@@ -75,10 +75,10 @@ def check_page(path: Path, screenshot: Path, timeout: float = 60.0) -> PageCheck
             if time.monotonic() > deadline:
                 raise RuntimeError("the page did not finish loading")
             events.append(json.loads(ws.recv()))
-        images = json.loads(call(
-            "Runtime.evaluate", returnByValue=True,
-            expression="JSON.stringify(Array.from(document.images).map(i => "
-                       "({alt: i.alt, complete: i.complete, w: i.naturalWidth})))")["result"]["value"])
+        script = ("JSON.stringify(Array.from(document.images).map(i => "
+                  "({alt: i.alt, complete: i.complete, w: i.naturalWidth})))")
+        result = call("Runtime.evaluate", returnByValue=True, expression=script)
+        images = json.loads(result["result"]["value"])
         metrics = call("Page.getLayoutMetrics")["cssContentSize"]
         shot = call("Page.captureScreenshot", format="png", captureBeyondViewport=True,
                     clip={"x": 0, "y": 0, "width": metrics["width"],

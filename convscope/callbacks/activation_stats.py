@@ -5,10 +5,11 @@ of activations near zero (|x| <= `zero_thresh`) and a histogram. This is the dat
 book's `plot_layer_stats` and `color_dim`; plots.py draws it and diagnose.py judges it.
 
 Cheap enough to leave on:
-- Statistics are estimated from a uniform random sample of `sample` activations per layer
-  per batch (8,192 by default: the standard error of a share is under 0.6 percentage points),
-  drawn with a generator of its own so training's randomness is untouched. `sample=None`
-  uses every activation (exact, but it costs about as much as the training step itself).
+- Statistics are estimated from a uniform random sample (with replacement) of `sample`
+  activations per layer per batch (8,192 by default: the standard error of a share is under
+  0.6 percentage points), drawn with a generator of its own so training's randomness is
+  untouched, and summarised for all layers at once. `sample=None` uses every activation
+  (exact, but on a CPU that costs about half as much again as the training step itself).
 - Everything is computed on the model's device and written into preallocated tensors there;
   they are copied to the CPU in one go at the end of each epoch, never synced per batch.
 - Memory: per hooked layer and recorded batch, 3 + `bins` float32 values: with 40 bins,
@@ -122,7 +123,13 @@ class ActivationStats(Callback):
         n = len(targets)
         self._stats = torch.zeros(n, capacity, 3, device=device)
         self._hists = torch.zeros(n, capacity, self.bins, device=device)
+        # per layer: histogram lower bound and bins per unit, set on the first recorded batch
+        self._lo = torch.zeros(n, 1, device=device)
+        self._scale = torch.zeros(n, 1, device=device)
         self._ranges: list[tuple[float, float] | None] = [None] * n
+        self._offsets = torch.arange(n, device=device).view(n, 1) * (self.bins + 1)
+        if self.sample is not None:
+            self._buf = torch.zeros(n, self.sample, device=device)
         self._gen = torch.Generator(device=device).manual_seed(self.seed)
         self._count = 0
         self._pending = False
@@ -139,35 +146,49 @@ class ActivationStats(Callback):
 
     def _hook(self, i: int):
         def hook(module: nn.Module, inputs, output) -> None:
-            if self._pending:
-                with torch.no_grad():
-                    self._record(i, output[0] if isinstance(output, tuple) else output)
+            if not self._pending:
+                return
+            x = output[0] if isinstance(output, tuple) else output
+            with torch.no_grad():
+                flat = _flat(x.detach())
+                if self.sample is None:  # exact: every value, one layer at a time
+                    self._summarise(flat.float().unsqueeze(0), [i])
+                else:  # a uniform sample (with replacement) into this layer's buffer row
+                    idx = torch.randint(flat.numel(), (self.sample,), generator=self._gen,
+                                        device=flat.device)
+                    self._buf[i] = flat[idx]
         return hook
 
-    def _record(self, i: int, x: Tensor) -> None:
-        flat = _flat(x.detach())
-        if self.sample is not None and flat.numel() > self.sample:
-            idx = torch.randint(flat.numel(), (self.sample,), generator=self._gen,
-                                device=flat.device)
-            flat = flat[idx]
-        flat = flat.float()
-        if self._ranges[i] is None:  # one sync per layer per fit, on its first batch
-            lo = -self.hist_max if bool((flat < 0).any()) else 0.0
-            self._ranges[i] = (lo, self.hist_max)
-        lo, hi = self._ranges[i]  # type: ignore[misc]
-        var, mean = torch.var_mean(flat, correction=0)
-        near = (flat.abs() <= self.zero_thresh).float().mean()
-        row = self._count
-        self._stats[i, row] = torch.stack([mean, var.sqrt(), near])
-        bins = ((flat - lo) * (self.bins / (hi - lo))).clamp_(0, self.bins - 1)
-        # +-inf land in the end bins; NaN belongs in none: count it in an extra bin, dropped
-        bins = bins.nan_to_num_(nan=self.bins).long()
-        self._hists[i, row] = torch.bincount(bins, minlength=self.bins + 1)[:self.bins].float()
+    def _summarise(self, v: Tensor, layers: list[int] | slice) -> None:
+        """Statistics of values v (n_layers, S) into this batch's row, all layers at once.
+
+        `layers` is a slice when every layer is summarised together (the sampled path), so
+        that the per-layer tensors are read and written as views, not gathered."""
+        ids = range(len(self.layer_names))[layers] if isinstance(layers, slice) else layers
+        if any(self._ranges[i] is None for i in ids):  # one sync, on the first batch only
+            negative = (v < 0).any(dim=1).tolist()
+            for i, neg in zip(ids, negative, strict=True):
+                if self._ranges[i] is None:
+                    lo = -self.hist_max if neg else 0.0
+                    self._ranges[i] = (lo, self.hist_max)
+                    self._lo[i] = lo
+                    self._scale[i] = self.bins / (self.hist_max - lo)
+        row, n = self._count, len(ids)
+        var, mean = torch.var_mean(v, dim=1, correction=0)
+        near = (v.abs() <= self.zero_thresh).float().mean(dim=1)
+        self._stats[layers, row] = torch.stack([mean, var.sqrt(), near], dim=1)
+        bins = ((v - self._lo[layers]) * self._scale[layers]).clamp_(0, self.bins - 1)
+        # +-inf land in the end bins; NaN belongs in none: counted in an extra bin, dropped
+        bins = bins.nan_to_num_(nan=self.bins).long() + self._offsets[:n]
+        counts = torch.bincount(bins.view(-1), minlength=n * (self.bins + 1))
+        self._hists[layers, row] = counts.view(n, self.bins + 1)[:, :self.bins].float()
 
     def after_pred(self) -> None:
         # the hooks have run by now: count the batch here, not in after_batch, which a
         # CancelFitException or an error later in the batch would skip
         if self._pending:
+            if self.sample is not None:
+                self._summarise(self._buf, slice(None))
             self.batches.append(self.learn.train_iter)
             self._count += 1
             self._pending = False
