@@ -2,6 +2,9 @@
 
 The system chapter 13 of the fastai book teaches, as a library: conv blocks and simple_cnn,
 in-memory MNIST DataLoaders, a Learner with callbacks, 1cycle training and a Recorder.
+
+`convscope.conv` is the module of convolution from first principles; the conv block function
+of chapter 13 is `convscope.layers.conv`.
 """
 
 from convscope.callbacks import (
@@ -14,7 +17,7 @@ from convscope.callbacks import (
 )
 from convscope.data import DataLoader, DataLoaders, ImageData, idx_folder, mnist, read_idx
 from convscope.diagnose import Finding, diagnose
-from convscope.layers import Flatten, conv
+from convscope.layers import BatchNorm2d, Flatten
 from convscope.learner import (
     Callback,
     CancelBatchException,
@@ -35,8 +38,8 @@ __all__ = [
     "ActivationStats", "Finding", "History", "build_report", "color_dim", "dead_chart",
     "diagnose", "plot_layer_stats", "summary",
     "CancelBatchException", "CancelEpochException", "CancelFitException", "Callback",
-    "ChannelsLast", "DataLoader", "DataLoaders", "Flatten", "ImageData", "Learner",
-    "ParamScheduler", "ProgressCallback", "Recorder", "TrainConfig", "accuracy", "adamw", "conv",
+    "BatchNorm2d", "ChannelsLast", "DataLoader", "DataLoaders", "Flatten", "ImageData", "Learner",
+    "ParamScheduler", "ProgressCallback", "Recorder", "TrainConfig", "accuracy", "adamw",
     "idx_folder", "mnist", "read_idx", "run_training", "sgd", "simple_cnn",
 ]
 __version__ = "0.1.0"
