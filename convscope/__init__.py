@@ -10,6 +10,8 @@ of chapter 13 is `convscope.layers.conv`.
 from convscope.callbacks import (
     ActivationStats,
     ChannelsLast,
+    CheckpointCallback,
+    DivergenceGuard,
     History,
     ParamScheduler,
     ProgressCallback,
@@ -17,6 +19,7 @@ from convscope.callbacks import (
 )
 from convscope.data import DataLoader, DataLoaders, ImageData, idx_folder, mnist, read_idx
 from convscope.diagnose import Finding, diagnose
+from convscope.errors import TrainingDivergedError
 from convscope.layers import BatchNorm2d, Flatten
 from convscope.learner import (
     Callback,
@@ -35,7 +38,8 @@ from convscope.report import build_report
 from convscope.summary import summary
 
 __all__ = [
-    "ActivationStats", "Finding", "History", "build_report", "color_dim", "dead_chart",
+    "ActivationStats", "CheckpointCallback", "DivergenceGuard", "TrainingDivergedError",
+    "Finding", "History", "build_report", "color_dim", "dead_chart",
     "diagnose", "plot_layer_stats", "summary",
     "CancelBatchException", "CancelEpochException", "CancelFitException", "Callback",
     "BatchNorm2d", "ChannelsLast", "DataLoader", "DataLoaders", "Flatten", "ImageData", "Learner",

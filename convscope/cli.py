@@ -64,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep NCHW memory order")
     t.add_argument("--no-stats", dest="stats", action="store_false",
                    help="do not record ActivationStats (the report then has no layer plots)")
+    t.add_argument("--checkpoint-every", type=positive_int, metavar="N",
+                   help="also checkpoint every N batches (default: at each epoch's end)")
+    t.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue an interrupted run from RUN_DIR/checkpoint.safetensors, with "
+                   "the settings in RUN_DIR/config.json (only --device may change)")
     t.set_defaults(func=_train)
 
     k = sub.add_parser("kernel", help="apply a kernel to an image and draw the result",
@@ -212,8 +217,12 @@ def _train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from convscope.data import missing_idx_files
-    from convscope.recipe import TrainConfig, run_training
+    from convscope.recipe import TrainConfig, load_config, run_training
 
+    if args.resume is not None:
+        overrides = {"device": args.device} if args.device != "cpu" else {}
+        run_training(load_config(args.resume, **overrides), resume=True)
+        return 0
     if args.data is not None:
         folder = Path(args.data)
         if not folder.is_dir():
@@ -224,16 +233,21 @@ def _train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(data=args.data, epochs=args.epochs, lr=args.lr, bs=args.bs,
                       seed=args.seed, out=args.out, device=args.device, subset=args.subset,
                       valid_pct=args.valid_pct, channels_last=args.channels_last,
-                      stats=args.stats)
+                      stats=args.stats, checkpoint_every=args.checkpoint_every)
     run_training(cfg)
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `convscope` command; returns the exit code."""
+    from convscope.errors import TrainingDivergedError
+
     try:
         args = build_parser().parse_args(argv)
         return args.func(args)
+    except TrainingDivergedError as e:
+        print(f"convscope: {e}", file=sys.stderr)
+        return 3
     except (UserError, ValueError, FileNotFoundError) as e:
         print(f"convscope: error: {e}" if not str(e).startswith("convscope") else str(e),
               file=sys.stderr)

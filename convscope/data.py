@@ -385,12 +385,19 @@ class DataLoader:
         return ((xb - self.shift) / self.scale).round().clamp(0, 255).to(torch.uint8)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        return self.batches()
+
+    def batches(self, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        """This epoch's batches from batch `start` on (the shuffle covers the whole epoch,
+        so a resumed epoch sees the same order). `epoch_state` keeps the shuffling
+        generator's state as it was before this epoch's draw."""
         n = len(self.y)
+        self.epoch_state = self.generator.get_state()
         if self.shuffle:
             order = torch.randperm(n, generator=self.generator).to(self.device)
         else:
             order = None
-        for i in range(len(self)):
+        for i in range(start, len(self)):
             if order is None:
                 sl = slice(i * self.bs, (i + 1) * self.bs)
                 xb, yb = self.x[sl], self.y[sl]

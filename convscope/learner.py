@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -121,7 +122,8 @@ class Learner:
         opt_func: (params, lr) -> optimizer; `adamw` by default.
         lr: learning rate used when `fit` is given none.
         metrics: functions (pred, y) -> batch mean, computed on the valid set every epoch.
-        cbs: callbacks added to the defaults (a Recorder and a progress display).
+        cbs: callbacks added to the defaults: a Recorder, a DivergenceGuard (stops training
+            when the loss or a gradient is NaN or infinite) and a progress display.
 
     >>> from convscope.models import simple_cnn
     >>> from convscope.data import mnist
@@ -137,6 +139,7 @@ class Learner:
                  opt_func: Callable[..., torch.optim.Optimizer] = adamw, lr: float = 1e-3,
                  metrics: Sequence[Callable[[Tensor, Tensor], Tensor]] = (accuracy,),
                  cbs: Iterable[Callback] = (), progress: bool = True) -> None:
+        from convscope.callbacks.guard import DivergenceGuard
         from convscope.callbacks.progress import ProgressCallback
         from convscope.callbacks.recorder import Recorder
 
@@ -147,7 +150,10 @@ class Learner:
         self.epoch = self.n_epoch = self.iter = self.n_iter = 0
         self.train_iter = self.total_iters = 0
         self.training = False
-        defaults: list[Callback] = [Recorder()] + ([ProgressCallback()] if progress else [])
+        self._resume: str | Path | None = None
+        self._start_batch = 0
+        defaults: list[Callback] = [Recorder(), DivergenceGuard()]
+        defaults += [ProgressCallback()] if progress else []
         for cb in (*defaults, *cbs):
             self.add_cb(cb)
 
@@ -202,7 +208,7 @@ class Learner:
         self.callback(f"after_{name}")
 
     def fit(self, n_epoch: int, lr: float | None = None, cbs: Iterable[Callback] = (),
-            reset_opt: bool = False) -> None:
+            reset_opt: bool = False, resume: str | Path | None = None) -> None:
         """Train for `n_epoch` epochs, validating after each.
 
         Args:
@@ -210,6 +216,9 @@ class Learner:
             lr: learning rate (default: the learner's `lr`); schedules may change it per batch.
             cbs: callbacks for this fit only.
             reset_opt: start a fresh optimizer (its state is kept across fits otherwise).
+            resume: a checkpoint written during a fit with the same n_epoch and callbacks:
+                continue from it (weights, optimizer, schedule position, RNG states, data
+                order and recorder history), as if training had never stopped.
         """
         if n_epoch < 0:
             raise ValueError(f"n_epoch must be >= 0. Received: n_epoch={n_epoch}.")
@@ -226,13 +235,24 @@ class Learner:
                 group["lr"] = lr
             self.n_epoch = n_epoch
             self.train_iter, self.total_iters = 0, n_epoch * len(self.dls.train)
+            self._resume = resume
             self._with_events(self._do_fit, "fit", CancelFitException)
         finally:
             for cb in cbs:
                 self.remove_cb(cb)
 
     def _do_fit(self) -> None:
-        for epoch in range(self.n_epoch):
+        start_epoch, self._start_batch = 0, 0
+        if self._resume is not None:  # after before_fit, so callbacks' fresh state is replaced
+            from convscope.checkpoint import load_checkpoint
+
+            pos = load_checkpoint(self, self._resume)
+            if pos.n_epoch != self.n_epoch:
+                raise ValueError(f"The checkpoint {str(self._resume)!r} is from a fit of "
+                                 f"{pos.n_epoch} epochs; resume it with n_epoch={pos.n_epoch}"
+                                 f" (received {self.n_epoch}) so the schedule matches.")
+            start_epoch, self._start_batch, self.train_iter = pos.epoch, pos.batch, pos.train_iter
+        for epoch in range(start_epoch, self.n_epoch):
             self.epoch = epoch
             self._with_events(self._do_epoch, "epoch", CancelEpochException)
 
@@ -249,7 +269,9 @@ class Learner:
 
     def _all_batches(self) -> None:
         self.n_iter = len(self.dl)
-        for i, (xb, yb) in enumerate(self.dl):
+        start = self._start_batch if self.training else 0
+        self._start_batch = 0  # only the first resumed epoch starts late
+        for i, (xb, yb) in enumerate(self.dl.batches(start), start=start):
             self.iter, self.xb, self.yb = i, xb, yb
             self._with_events(self._do_one_batch, "batch", CancelBatchException)
             if self.training:
@@ -272,7 +294,7 @@ class Learner:
     def fit_one_cycle(self, n_epoch: int, lr_max: float | None = None, div: float = 25.0,
                       div_final: float = 1e5, pct_start: float = 0.25,
                       moms: tuple[float, float, float] = (0.95, 0.85, 0.95),
-                      cbs: Iterable[Callback] = ()) -> None:
+                      cbs: Iterable[Callback] = (), resume: str | Path | None = None) -> None:
         """Train with the 1cycle policy: lr warms up from lr_max/div to lr_max over the first
         `pct_start` of the steps (cosine), then anneals to lr_max/div_final; momentum (Adam's
         beta1) moves the opposite way, moms[0] -> moms[1] -> moms[2].
@@ -281,7 +303,24 @@ class Learner:
 
         lr_max = self.lr if lr_max is None else lr_max
         sched = one_cycle_scheduler(lr_max, div, div_final, pct_start, moms)
-        self.fit(n_epoch, lr=lr_max / div, cbs=[sched, *cbs])
+        self.fit(n_epoch, lr=lr_max / div, cbs=[sched, *cbs], resume=resume)
+
+    def save(self, path: str | Path) -> Path:
+        """Write weights, optimizer state, RNG states and recorder history to one safetensors
+        file (atomically). `load` restores it; to continue an interrupted fit use
+        `fit(..., resume=path)` with checkpoints from the CheckpointCallback."""
+        from convscope.checkpoint import Position, save_checkpoint
+
+        pos = Position(self.n_epoch, 0, self.train_iter, self.n_epoch)
+        return save_checkpoint(self, path, pos, self.dls.train.generator.get_state())
+
+    def load(self, path: str | Path) -> Learner:
+        """Restore what `save` wrote. A checkpoint for another architecture raises a
+        ValueError listing the keys and shapes that differ."""
+        from convscope.checkpoint import load_checkpoint
+
+        load_checkpoint(self, path)
+        return self
 
     @torch.inference_mode()
     def get_preds(self, dl: DataLoader | None = None) -> tuple[Tensor, Tensor]:

@@ -8,6 +8,8 @@ The run folder holds:
                      holds the classes and the input normalisation (mean, std)
     history.json     the Recorder's per-batch losses and hyperparameters
     activation_stats.safetensors  what ActivationStats recorded (unless turned off)
+    checkpoint.safetensors  the training state after the last epoch (or batch, with
+                     checkpoint_every): `--resume RUN_DIR` continues from it
     show_batch.png, loss.png, sched.png
     report.html      everything above on one page, the diagnosis at the top
 """
@@ -50,6 +52,8 @@ class TrainConfig:
         valid_pct: hold out this share of the training set as valid set instead of the test set.
         channels_last: NHWC memory order (faster for convolutions on CPU and GPU).
         stats: record ActivationStats (for the diagnosis and the report's layer plots).
+        checkpoint_every: save checkpoint.safetensors every N training batches as well as at
+            the end of every epoch.
     """
 
     data: str | None = None
@@ -63,6 +67,7 @@ class TrainConfig:
     valid_pct: float | None = None
     channels_last: bool = True
     stats: bool = True
+    checkpoint_every: int | None = None
 
     def __post_init__(self) -> None:
         if self.epochs < 0:
@@ -73,6 +78,9 @@ class TrainConfig:
             raise ValueError(f"Batch size must be >= 1. Received: bs={self.bs}.")
         if self.subset is not None and self.subset < 1:
             raise ValueError(f"subset must be >= 1. Received: subset={self.subset}.")
+        if self.checkpoint_every is not None and self.checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be >= 1. Received: "
+                             f"{self.checkpoint_every}.")
         if self.valid_pct is not None and not 0 < self.valid_pct < 1:
             raise ValueError(f"valid_pct must be in (0, 1). Received: {self.valid_pct}.")
         resolve_device(self.device)
@@ -144,22 +152,55 @@ def save_weights(model: torch.nn.Module, path: Path, metadata: dict[str, str]) -
     atomic_write_bytes(path, save(tensors, metadata=metadata))
 
 
-def run_training(cfg: TrainConfig, log=print) -> TrainResult:
-    """Train as `cfg` says and write the run folder; return where, and the final accuracy."""
+CHECKPOINT = "checkpoint.safetensors"
+
+
+def load_config(run_dir: str | Path, **overrides) -> TrainConfig:
+    """The TrainConfig a run folder was trained with (for resuming it)."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise ValueError(f"Cannot resume {str(run_dir)!r}: it has no config.json. Expected a "
+                         f"run folder written by `convscope train`.")
+    try:
+        saved = json.loads(path.read_text())
+        return TrainConfig(**{**saved, **overrides, "out": str(run_dir)})
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{path}: not a valid run configuration: {e}") from None
+
+
+def run_training(cfg: TrainConfig, log=print, resume: bool = False) -> TrainResult:
+    """Train as `cfg` says and write the run folder; return where, and the final accuracy.
+
+    Args:
+        resume: continue from the run folder's checkpoint instead of starting afresh.
+    """
     from convscope import plots
+    from convscope.callbacks import CheckpointCallback
     from convscope.diagnose import diagnose
     from convscope.report import build_report
 
-    data = load_data(cfg)
     run_dir = Path(cfg.out)
+    checkpoint = run_dir / CHECKPOINT
+    if resume and not checkpoint.is_file():
+        raise ValueError(f"Cannot resume {str(run_dir)!r}: it has no {CHECKPOINT} (the run "
+                         f"stopped before its first checkpoint). Start it again without "
+                         f"--resume.")
+    data = load_data(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     log(f"data: {data.source}: {len(data.y_train)} train, {len(data.y_valid)} valid images, "
         f"{len(data.classes)} classes")
     learn = make_learner(data, cfg)
-    atomic_write_bytes(run_dir / "config.json", json.dumps(asdict(cfg), indent=2).encode())
-    learn.dls.show_batch(save=run_dir / "show_batch.png")
+    learn.add_cb(CheckpointCallback(checkpoint, every_batches=cfg.checkpoint_every))
+    if resume:
+        from convscope.checkpoint import read_checkpoint
+
+        pos = read_checkpoint(checkpoint)[1]["position"]
+        log(f"resuming from {checkpoint}: epoch {pos['epoch']}, batch {pos['batch']}")
+    else:
+        atomic_write_bytes(run_dir / "config.json", json.dumps(asdict(cfg), indent=2).encode())
+        learn.dls.show_batch(save=run_dir / "show_batch.png")
     start = time.perf_counter()
-    learn.fit_one_cycle(cfg.epochs, cfg.lr)
+    learn.fit_one_cycle(cfg.epochs, cfg.lr, resume=checkpoint if resume else None)
     seconds = time.perf_counter() - start
     values = learn.recorder.values
     write_metrics_csv(run_dir / "metrics.csv", values)

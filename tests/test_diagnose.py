@@ -48,8 +48,13 @@ def test_books_good_run_is_healthy(digits):
     assert "looks healthy" in findings[0].message
 
 
-def test_nan_loss(digits):
-    findings = diagnose(run(digits, bn=False, lr=1e6, opt_func=sgd))
+def test_nan_loss_when_the_guard_is_off(digits):
+    torch.manual_seed(0)
+    learn = Learner(DataLoaders.from_data(digits, bs=64), simple_cnn(bn=False), opt_func=sgd,
+                    cbs=[ActivationStats()], progress=False)
+    learn.remove_cb("divergence_guard")
+    learn.fit(1, 1e6)
+    findings = diagnose(learn)
     nan = next(f for f in findings if f.kind == "nan_loss")
     assert nan.severity == "error" and "with lr 1e+06" in nan.message
 

@@ -13,10 +13,14 @@ from convscope.learner import Callback
 
 
 def format_row(values: list[object]) -> str:
+    """Cells 11 wide, one space apart; floats with 6 decimals, or 4 significant digits in
+    exponent form when that would not fit."""
     cells = []
     for v in values:
-        cells.append(f"{v:<12.6f}" if isinstance(v, float) else f"{v!s:<12}")
-    return "".join(cells).rstrip()
+        if isinstance(v, float):
+            v = f"{v:.6f}" if abs(v) < 1e3 or v != v else f"{v:.4e}"
+        cells.append(f"{v!s:<11}")
+    return " ".join(cells).rstrip()
 
 
 class ProgressCallback(Callback):

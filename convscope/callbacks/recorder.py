@@ -76,6 +76,12 @@ class Recorder(Callback):
         self._start = time.perf_counter()
         self._raw: list[Tensor] = []
         self._smooth: list[Tensor] = []
+        partial = getattr(self, "_resumed_partial", None)
+        if partial is not None:  # a resumed epoch: the batches before the checkpoint count too
+            dev = self.learn.dls.device
+            self._raw = [torch.tensor(v, device=dev) for v in partial[0]]
+            self._smooth = [torch.tensor(v, device=dev) for v in partial[1]]
+            self._resumed_partial = None
         self._vcount = 0  # stays 0 if the epoch is cancelled before validation
 
     def before_validate(self) -> None:
@@ -122,6 +128,24 @@ class Recorder(Callback):
         return History(list(self.losses), list(self.smooth_losses),
                        {k: [list(g) for g in v] for k, v in self.hps.items()},
                        [dict(v) for v in self.values])
+
+    def state(self) -> dict:
+        """Everything recorded so far, the current epoch's batches included, as plain lists
+        (for checkpoints; reads the device once)."""
+        raw = torch.stack(self._raw).tolist() if getattr(self, "_raw", None) else []
+        smooth = torch.stack(self._smooth).tolist() if getattr(self, "_smooth", None) else []
+        return {"history": self.history().__dict__, "partial": [raw, smooth],
+                "avg": None if self._avg is None else float(self._avg), "count": self._count}
+
+    def load_state(self, state: dict) -> None:
+        """Restore what `state` returned (called after before_fit, when resuming)."""
+        h = state["history"]
+        self.losses, self.smooth_losses = list(h["losses"]), list(h["smooth_losses"])
+        self.hps, self.values = h["hps"], h["values"]
+        dev = self.learn.dls.device
+        self._avg = None if state["avg"] is None else torch.tensor(state["avg"], device=dev)
+        self._count = state["count"]
+        self._resumed_partial = state["partial"] if state["partial"][0] else None
 
     def plot_loss(self, skip_start: int = 5, with_valid: bool = True,
                   save: str | Path | None = None):

@@ -1,0 +1,43 @@
+"""DivergenceGuard: stop training the moment the loss or a gradient is NaN or infinite.
+
+On by default in every Learner. The check runs after the backward pass and before the
+optimizer step, so the bad batch changes no weight, and no checkpoint is written after it:
+the last good checkpoint stays the last one. It costs one read of the device per batch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from convscope.errors import TrainingDivergedError
+from convscope.learner import Callback
+
+__all__ = ["DivergenceGuard", "TrainingDivergedError"]
+
+
+class DivergenceGuard(Callback):
+    """Reached as `learn.divergence_guard`; remove it to let a NaN run go on."""
+
+    order = -20
+
+    def after_backward(self) -> None:
+        learn = self.learn
+        grads = [p.grad for p in learn.model.parameters() if p.grad is not None]
+        loss = learn.loss.detach()
+        grad_norm = (torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False)
+                     if grads else torch.zeros((), device=loss.device))
+        # one device read for both checks
+        finite_loss, finite_grad = torch.stack([loss.isfinite(), grad_norm.isfinite()]).tolist()
+        if finite_loss and finite_grad:
+            return
+        lr = learn.opt.param_groups[0]["lr"]
+        what = (f"the loss became {float(loss)}" if not finite_loss
+                else f"a gradient became {float(grad_norm)} (loss {float(loss):.4g})")
+        lower = f"{lr / 10:.3g}" if math.isfinite(lr) else "a lower value"
+        raise TrainingDivergedError(
+            f"Training diverged at epoch {learn.epoch}, batch {learn.iter} (step "
+            f"{learn.train_iter}): {what} with learning rate {lr:.3g}. The batch was not "
+            f"applied and the last good checkpoint is kept. Try a lower learning rate (e.g. "
+            f"{lower}), a warmup (fit_one_cycle), or batchnorm.", learn.epoch, learn.iter, lr)

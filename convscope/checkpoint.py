@@ -1,0 +1,186 @@
+"""Checkpoints: everything needed to continue training exactly where it stopped, in one file.
+
+A checkpoint is one safetensors file, written atomically (temp file, fsync, rename), so a kill
+at any moment leaves either the old checkpoint or the new one. It holds:
+- tensors: the model's state_dict ("model.*"), the optimizer's state tensors ("optim.*"),
+  torch's CPU (and CUDA) RNG state and the shuffling generator's state ("rng.*");
+- JSON metadata: the format version, the position (next epoch and batch, steps taken), the
+  optimizer's param groups and non-tensor state, Python's and NumPy's RNG states, and the
+  Recorder's history.
+Loading never unpickles anything: a file from anyone is safe to open.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+FORMAT = "convscope.checkpoint"
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where training resumes: `epoch` and `batch` are the next ones to run; `train_iter` the
+    training batches done so far (schedules read it), `n_epoch` the length of the fit."""
+
+    epoch: int
+    batch: int
+    train_iter: int
+    n_epoch: int
+
+
+def _rng_state(dl_generator_state: torch.Tensor) -> tuple[dict, dict]:
+    tensors = {"rng.torch": torch.get_rng_state(), "rng.loader": dl_generator_state}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    np_state = np.random.get_state()
+    meta = {"python": list(random.getstate()),
+            "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]}
+    return tensors, meta
+
+
+def _set_rng_state(tensors: dict, meta: dict) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda = sorted(k for k in tensors if k.startswith("rng.cuda."))
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([tensors[k] for k in cuda])
+    version, state, gauss = meta["python"]
+    random.setstate((version, tuple(state), gauss))
+    name, keys, pos, has_gauss, cached = meta["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+def save_checkpoint(learn, path: str | Path, position: Position,
+                    loader_state: torch.Tensor) -> Path:
+    """Write the learner's full training state at `position`, atomically.
+
+    Args:
+        loader_state: the shuffling generator's state to resume from: for a checkpoint in
+            the middle of an epoch, its state before that epoch's shuffle.
+    """
+    from safetensors.torch import save
+
+    from convscope.data import atomic_write_bytes
+
+    path = Path(path)
+    tensors = {f"model.{k}": v.detach().cpu().contiguous()
+               for k, v in learn.model.state_dict().items()}
+    opt_meta: dict = {"groups": [], "extra": {}}
+    if learn.opt is not None:
+        sd = learn.opt.state_dict()
+        for pid, state in sd["state"].items():
+            for k, v in state.items():
+                if torch.is_tensor(v):
+                    tensors[f"optim.{pid}.{k}"] = v.detach().cpu().contiguous()
+                else:
+                    opt_meta["extra"][f"{pid}.{k}"] = v
+        opt_meta["groups"] = sd["param_groups"]
+    rng_tensors, rng_meta = _rng_state(loader_state)
+    tensors.update(rng_tensors)
+    recorder = getattr(learn, "recorder", None)
+    meta = {
+        "format": FORMAT, "version": str(VERSION),
+        "position": json.dumps(position.__dict__),
+        "optimizer": json.dumps(opt_meta),
+        "rng": json.dumps(rng_meta),
+        "recorder": json.dumps(recorder.state() if recorder is not None else None),
+    }
+    atomic_write_bytes(path, save(tensors, metadata=meta))
+    return path
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict, dict]:
+    """The tensors and metadata of a checkpoint file, checked to be one.
+
+    Raises:
+        ValueError: missing, truncated, corrupt, foreign or of a newer format version.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"Checkpoint not found. Received: {str(path)!r}.")
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != FORMAT:
+                raise ValueError(f"{path}: not a convscope checkpoint (its metadata names "
+                                 f"format {meta.get('format')!r}, expected {FORMAT!r}).")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    except ValueError:
+        raise
+    except Exception as e:  # safetensors raises its own error types for damaged files
+        raise ValueError(f"{path}: cannot be read as a checkpoint (truncated or corrupt?): "
+                         f"{e}") from None
+    if int(meta.get("version", 0)) > VERSION:
+        raise ValueError(f"{path}: checkpoint format version {meta['version']} is newer than "
+                         f"this convscope reads ({VERSION}). Upgrade convscope.")
+    try:
+        parsed = {k: json.loads(meta[k]) for k in ("position", "optimizer", "rng", "recorder")}
+    except (KeyError, ValueError) as e:
+        raise ValueError(f"{path}: checkpoint metadata is incomplete or corrupt: {e}") from None
+    return tensors, parsed
+
+
+def check_architecture(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Raise a ValueError listing the keys and shapes that differ between model and state."""
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    saved = {k: tuple(v.shape) for k, v in state.items()}
+    missing = sorted(set(own) - set(saved))
+    unexpected = sorted(set(saved) - set(own))
+    shapes = sorted(k for k in set(own) & set(saved) if own[k] != saved[k])
+    if not (missing or unexpected or shapes):
+        return
+    parts = []
+    if missing:
+        parts.append(f"missing from the checkpoint: {', '.join(missing[:8])}"
+                     + (f" (+{len(missing) - 8} more)" if len(missing) > 8 else ""))
+    if unexpected:
+        parts.append(f"not in the model: {', '.join(unexpected[:8])}"
+                     + (f" (+{len(unexpected) - 8} more)" if len(unexpected) > 8 else ""))
+    if shapes:
+        parts.append("shapes differ: " + ", ".join(
+            f"{k} checkpoint {saved[k]} vs model {own[k]}" for k in shapes[:8]))
+    raise ValueError(f"{path}: the checkpoint is for another architecture; "
+                     + "; ".join(parts) + ".")
+
+
+def load_checkpoint(learn, path: str | Path) -> Position:
+    """Restore the learner's model, optimizer, RNG states and recorder from `path`; return
+    the position to resume from. The shuffling generator is restored too."""
+    path = Path(path)
+    tensors, meta = read_checkpoint(path)
+    model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    check_architecture(learn.model, model_state, path)
+    learn.model.load_state_dict(model_state)
+    opt_meta = meta["optimizer"]
+    if opt_meta["groups"]:
+        if learn.opt is None:
+            learn.opt = learn.opt_func(learn.model.parameters(), lr=learn.lr)
+        state: dict[int, dict] = {}
+        for k, v in tensors.items():
+            if k.startswith("optim."):
+                _, pid, name = k.split(".", 2)
+                state.setdefault(int(pid), {})[name] = v
+        for k, v in opt_meta["extra"].items():
+            pid, name = k.split(".", 1)
+            state.setdefault(int(pid), {})[name] = v
+        try:
+            learn.opt.load_state_dict({"state": state, "param_groups": opt_meta["groups"]})
+        except (ValueError, KeyError) as e:
+            raise ValueError(f"{path}: the optimizer state does not fit this learner's "
+                             f"optimizer: {e}") from None
+    _set_rng_state(tensors, meta["rng"])
+    learn.dls.train.generator.set_state(tensors["rng.loader"])
+    recorder = getattr(learn, "recorder", None)
+    if recorder is not None and meta["recorder"] is not None:
+        recorder.load_state(meta["recorder"])
+    return Position(**meta["position"])

@@ -1,0 +1,190 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import stripes
+from safetensors.torch import load_file, save_file
+
+from convscope.callbacks import CheckpointCallback
+from convscope.checkpoint import read_checkpoint
+from convscope.cli import main
+from convscope.data import DataLoaders
+from convscope.errors import TrainingDivergedError
+from convscope.learner import Callback, CancelFitException, Learner, sgd
+from convscope.models import simple_cnn
+
+WORKER = Path(__file__).parent / "kill_worker.py"
+
+
+def learner(cbs=(), widths=(8, 16, 32, 64), bn=True, **kw) -> Learner:
+    torch.manual_seed(0)
+    dls = DataLoaders.from_data(stripes(192, 64), bs=32, seed=0)
+    return Learner(dls, simple_cnn(n_classes=4, widths=widths, bn=bn), cbs=list(cbs),
+                   progress=False, **kw)
+
+
+def weights(learn):
+    return {k: v.clone() for k, v in learn.model.state_dict().items()}
+
+
+def assert_same(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_save_load_roundtrip_restores_everything(tmp_path):
+    learn = learner()
+    learn.fit(2, lr=1e-2)
+    learn.save(tmp_path / "c.safetensors")
+    tensors, meta = read_checkpoint(tmp_path / "c.safetensors")
+    assert {"rng.torch", "rng.loader"} <= set(tensors)
+    assert meta["position"] == {"epoch": 2, "batch": 0, "train_iter": 12, "n_epoch": 2}
+    fresh = learner(widths=(8, 16, 32, 64))
+    fresh.load(tmp_path / "c.safetensors")
+    assert_same(weights(learn), weights(fresh))
+    a, b = learn.opt.state_dict(), fresh.opt.state_dict()
+    for pid in a["state"]:
+        for k, v in a["state"][pid].items():
+            assert torch.equal(v, b["state"][pid][k])
+    assert fresh.recorder.losses == learn.recorder.losses
+    assert fresh.recorder.values == learn.recorder.values
+
+
+def test_resume_mid_epoch_equals_uninterrupted(tmp_path):
+    """Stop in the middle of epoch 1, resume from the last checkpoint in a fresh learner:
+    the weights and the recorded history end bit for bit as in an uninterrupted run."""
+    ref = learner([CheckpointCallback(tmp_path / "ref.safetensors", every_batches=2)])
+    ref.fit_one_cycle(3, 1e-2)
+
+    class StopAt(Callback):
+        def after_batch(self):
+            if self.learn.training and self.learn.epoch == 1 and self.learn.iter == 4:
+                raise CancelFitException  # after batch 4; the checkpoint is after batch 3
+
+    ck = tmp_path / "c.safetensors"
+    learner([CheckpointCallback(ck, every_batches=2), StopAt()]).fit_one_cycle(3, 1e-2)
+    assert read_checkpoint(ck)[1]["position"] == {"epoch": 1, "batch": 4, "train_iter": 10,
+                                                  "n_epoch": 3}
+    resumed = learner([CheckpointCallback(ck, every_batches=2)])
+    resumed.fit_one_cycle(3, 1e-2, resume=ck)
+    assert_same(weights(ref), weights(resumed))
+    assert resumed.recorder.losses == ref.recorder.losses
+    assert resumed.recorder.hps == ref.recorder.hps
+    assert [v["train_loss"] for v in resumed.recorder.values] == [
+        v["train_loss"] for v in ref.recorder.values]
+
+
+def test_resume_with_another_length_is_refused(tmp_path):
+    learn = learner([CheckpointCallback(tmp_path / "c.safetensors")])
+    learn.fit_one_cycle(2, 1e-2)
+    with pytest.raises(ValueError, match="from a fit of 2 epochs; resume it with n_epoch=2"):
+        learner().fit_one_cycle(3, 1e-2, resume=tmp_path / "c.safetensors")
+
+
+def test_bad_checkpoints_get_clear_errors(tmp_path):
+    learn = learner()
+    learn.fit(1)
+    good = learn.save(tmp_path / "good.safetensors")
+    payload = good.read_bytes()
+    (tmp_path / "trunc").write_bytes(payload[: len(payload) // 2])
+    (tmp_path / "garbage").write_bytes(os.urandom(4096))
+    save_file({"w": torch.zeros(3)}, str(tmp_path / "foreign"))
+    cases = {
+        "trunc": "cannot be read as a checkpoint",
+        "garbage": "cannot be read as a checkpoint",
+        "foreign": "not a convscope checkpoint",
+        "missing": "Checkpoint not found",
+    }
+    for name, message in cases.items():
+        with pytest.raises(ValueError, match=message):
+            learner().load(tmp_path / name)
+    with pytest.raises(ValueError, match=r"another architecture; .*shapes differ: "
+                                         r"0\.0\.weight checkpoint \(8, 1, 5, 5\) vs model "
+                                         r"\(4, 1, 5, 5\)"):
+        learner(widths=(4, 16, 32, 64)).load(good)
+    with pytest.raises(ValueError, match="not in the model: 4.0.weight"):
+        learner(widths=(8, 16, 32)).load(good)
+
+
+def test_divergence_guard_stops_before_the_step(tmp_path):
+    ck = tmp_path / "c.safetensors"
+    learn = learner([CheckpointCallback(ck)], opt_func=sgd, bn=False)
+    learn.fit(1, lr=0.01)
+    good = weights(learn)
+    saved_at = ck.stat().st_mtime_ns
+    with pytest.raises(TrainingDivergedError, match=r"Training diverged at epoch 0, batch \d+ "
+                                                    r".*learning rate 1e\+08.*lower learning"):
+        learn.fit(1, lr=1e8)
+    assert ck.stat().st_mtime_ns == saved_at  # no checkpoint after the bad batch
+    for k, v in weights(learn).items():
+        assert torch.isfinite(v.float()).all(), k  # the NaN gradient was never applied
+    assert good.keys() == weights(learn).keys()
+
+
+def test_cli_divergence_is_one_line_and_exit_3(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--lr", "1e6", "--subset", "640", "--bs", "64", "--no-stats",
+                 "--out", str(run)]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("convscope: Training diverged at epoch") and err.count("\n") == 1
+    assert not (run / "model.safetensors").exists()  # no final weights from a diverged run
+
+
+def test_cli_resume_errors(tmp_path, capsys):
+    assert main(["train", "--resume", str(tmp_path)]) == 2
+    assert "has no config.json" in capsys.readouterr().err
+    (tmp_path / "config.json").write_text(json.dumps({"epochs": 1}))
+    assert main(["train", "--resume", str(tmp_path)]) == 2
+    assert "has no checkpoint.safetensors" in capsys.readouterr().err
+
+
+def _wait_for(predicate, proc, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc.poll() is not None:
+            raise AssertionError(f"worker exited early with {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for the worker")
+        time.sleep(0.02)
+
+
+def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path):
+    """Kill a training process with SIGKILL in the middle of an epoch, resume it: the final
+    weights equal an uninterrupted run's bit for bit, and every batch is trained exactly once
+    (counting from the checkpoint the resumed run started at)."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    subprocess.run([sys.executable, str(WORKER), str(ref)], check=True, env=env, timeout=300)
+
+    proc = subprocess.Popen([sys.executable, str(WORKER), str(run)], env=env)
+    log = run / "batches.log"
+
+    def mid_second_epoch():  # a few batches past a checkpoint in epoch 1
+        lines = log.read_text().splitlines() if log.exists() else []
+        return any(line.startswith("1 6 ") for line in lines)
+
+    _wait_for(mid_second_epoch, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (run / "final.safetensors").exists()
+    position = read_checkpoint(run / "ckpt.safetensors")[1]["position"]
+    assert position["epoch"] >= 1 and 0 < position["batch"] < 24  # a mid-epoch checkpoint
+    killed_log = log.read_text().splitlines()
+
+    subprocess.run([sys.executable, str(WORKER), str(run), "--resume"], check=True, env=env,
+                   timeout=300)
+    assert_same(load_file(ref / "final.safetensors"), load_file(run / "final.safetensors"))
+
+    ref_log = (ref / "batches.log").read_text().splitlines()
+    resumed_log = log.read_text().splitlines()[len(killed_log):]
+    kept = killed_log[: position["train_iter"]]  # what the checkpoint had taken in
+    assert kept + resumed_log == ref_log  # no batch twice, none skipped, same data order
+    assert len(killed_log) > position["train_iter"]  # it was killed after the checkpoint
