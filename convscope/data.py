@@ -178,11 +178,13 @@ def missing_idx_files(folder: str | Path) -> list[str]:
     return [name for name in MNIST_FILES.values() if _find(Path(folder), name) is None]
 
 
-def idx_folder(folder: str | Path, md5: dict[str, str] | None = None) -> ImageData:
+def idx_folder(folder: str | Path, md5: dict[str, str] | None = None,
+               n_classes: int | None = None) -> ImageData:
     """Load a dataset in MNIST's layout from a folder holding its four IDX files.
 
     The files are those of MNIST (train-images-idx3-ubyte and so on, raw or .gz), which is also
-    how Fashion-MNIST and KMNIST ship. The valid split is the test set ('t10k').
+    how Fashion-MNIST and KMNIST ship. The valid split is the test set ('t10k'). The classes
+    are 0..max(training label), or 0..n_classes-1 when given; a label outside them is an error.
 
     Raises:
         ValueError: the folder lacks files (they are listed), or a file is bad.
@@ -215,13 +217,22 @@ def idx_folder(folder: str | Path, md5: dict[str, str] | None = None) -> ImageDa
                          f"test images {arrays['valid_images'].shape[1:]}; they must match.")
     y_train = torch.from_numpy(arrays["train_labels"].astype(np.int64))
     y_valid = torch.from_numpy(arrays["valid_labels"].astype(np.int64))
-    n_classes = int(max(y_train.max(), y_valid.max())) + 1 if len(y_train) else 0
+    label_files = {name: _find(folder, name) for name in
+                   (MNIST_FILES["train_labels"], MNIST_FILES["valid_labels"])}
     for name, y in ((MNIST_FILES["train_labels"], y_train), (MNIST_FILES["valid_labels"], y_valid)):
         if len(y) and int(y.min()) < 0:
-            raise ValueError(f"{folder / name}: labels must be >= 0, found {int(y.min())}.")
+            raise ValueError(f"{label_files[name]}: labels must be >= 0, found {int(y.min())}.")
+    # the classes are those of the training labels, unless the caller knows how many there are
+    found = int(y_train.max()) + 1 if len(y_train) else 0
+    n_classes = n_classes or found
     if n_classes > 1000:
-        raise ValueError(f"{folder}: labels go up to {n_classes - 1}; expected class indices "
-                         f"below 1000. Are the label files really labels?")
+        raise ValueError(f"{label_files[MNIST_FILES['train_labels']]}: labels go up to "
+                         f"{n_classes - 1}; expected class indices below 1000. Are the label "
+                         f"files really labels?")
+    for name, y in ((MNIST_FILES["train_labels"], y_train), (MNIST_FILES["valid_labels"], y_valid)):
+        if len(y) and int(y.max()) >= n_classes:
+            raise ValueError(f"{label_files[name]}: label {int(y.max())} is outside the {n_classes}"
+                             f" classes (0..{n_classes - 1}).")
     return ImageData(
         torch.from_numpy(arrays["train_images"]).unsqueeze(1),  # (N, 1, H, W)
         y_train,
@@ -305,7 +316,7 @@ def mnist(path: str | Path | None = None, download: bool = True) -> ImageData:
     candidates += [("embedded copy", EMBEDDED_MNIST), ("cache", cache_dir() / "mnist")]
     for label, folder in candidates:
         if folder.is_dir() and not missing_idx_files(folder):
-            return idx_folder(folder, md5=MNIST_MD5)
+            return idx_folder(folder, md5=MNIST_MD5, n_classes=10)
         looked.append(f"{label} {folder}")
         if label == "path":  # an explicit path that does not hold MNIST is an error, not a hint
             raise ValueError(f"No MNIST at {str(folder)!r}: it lacks "
@@ -314,7 +325,7 @@ def mnist(path: str | Path | None = None, download: bool = True) -> ImageData:
         target = cache_dir() / "mnist"
         try:
             _download_mnist(target)
-            return idx_folder(target, md5=MNIST_MD5)
+            return idx_folder(target, md5=MNIST_MD5, n_classes=10)
         except OSError as e:
             looked.append(f"download ({e})")
     raise FileNotFoundError(

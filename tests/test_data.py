@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import idx_bytes, write_idx_folder
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from convscope import data as data_mod
 from convscope.data import (
@@ -260,3 +262,54 @@ def test_load_image_converts_modes(tmp_path):
     (tmp_path / "t.png").write_bytes(good[: len(good) // 2])
     with pytest.raises(ValueError, match="t.png: cannot be read as an image"):
         load_image(tmp_path / "t.png")
+
+
+# --- fuzzing: whatever the bytes, read_idx returns an array or raises a ValueError naming the file
+
+
+FUZZ = {"deadline": None, "suppress_health_check": [HealthCheck.function_scoped_fixture]}
+
+
+@settings(max_examples=300, **FUZZ)
+@given(payload=st.binary(max_size=64), gz=st.booleans())
+def test_fuzz_random_bytes(tmp_path, payload, gz):
+    path = tmp_path / ("fuzz.gz" if gz else "fuzz")
+    path.write_bytes(gzip.compress(payload) if gz and payload[:1] != b"\x1f" else payload)
+    try:
+        out = read_idx(path)
+    except ValueError as e:
+        assert str(path) in str(e)
+    else:
+        assert isinstance(out, np.ndarray)
+
+
+@settings(max_examples=200, **FUZZ)
+@given(data=st.data())
+def test_fuzz_mutated_headers(tmp_path, data):
+    """A valid file with random bytes of its header replaced and its tail cut anywhere."""
+    raw = bytearray(idx_bytes(np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)))
+    for _ in range(data.draw(st.integers(0, 3))):
+        raw[data.draw(st.integers(0, 15))] = data.draw(st.integers(0, 255))
+    raw = raw[: data.draw(st.integers(0, len(raw)))]
+    path = tmp_path / "mut"
+    path.write_bytes(bytes(raw))
+    try:
+        out = read_idx(path)
+    except ValueError as e:
+        assert "mut" in str(e)
+    else:
+        assert out.nbytes <= len(raw)  # never more than the file holds
+
+
+def test_labels_outside_the_class_count(tmp_path):
+    folder = write_idx_folder(tmp_path / "d")
+    (folder / "t10k-labels-idx1-ubyte.gz").write_bytes(
+        gzip.compress(idx_bytes(np.full(20, 12, np.uint8))))
+    with pytest.raises(ValueError, match=r"t10k-labels-idx1-ubyte.gz: label 12 is outside the "
+                                         r"\d+ classes"):
+        idx_folder(folder)
+    (folder / "t10k-labels-idx1-ubyte.gz").write_bytes(
+        gzip.compress(idx_bytes(np.full(20, 3, np.uint8))))
+    with pytest.raises(ValueError, match=r"train-labels-idx1-ubyte.gz: label 9 is outside the 2 "
+                                         r"classes \(0..1\)"):
+        idx_folder(folder, n_classes=2)
