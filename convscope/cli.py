@@ -47,8 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train simple_cnn with 1cycle and write a run folder",
                        description="Train the book's simple_cnn (batchnorm, AdamW, 1cycle) and "
                        "write metrics.csv, model.safetensors and plots to the run folder.")
-    t.add_argument("--data", metavar="DIR", help="folder with the four MNIST-layout IDX files "
-                   "(default: MNIST, embedded)")
+    t.add_argument("--data", metavar="DIR", help="folder with the four MNIST-layout IDX files, "
+                   "or with one folder of images per class (default: MNIST, embedded)")
+    t.add_argument("--size", type=positive_int, default=28,
+                   help="image folders: resize to SIZE x SIZE (default: 28)")
+    t.add_argument("--skip-bad", action="store_true",
+                   help="image folders: leave out unreadable files instead of stopping")
+    t.add_argument("--augment", action="store_true",
+                   help="random crops and flips of training batches (for photos, not digits)")
     t.add_argument("--epochs", type=non_negative_int, default=5, help="default: 5")
     t.add_argument("--lr", type=positive_float, default=1e-2, help="peak lr (default: 0.01)")
     t.add_argument("--bs", type=positive_int, default=512, help="batch size (default: 512)")
@@ -224,16 +230,20 @@ def _train(args: argparse.Namespace) -> int:
         run_training(load_config(args.resume, **overrides), resume=True)
         return 0
     if args.data is not None:
+        from convscope.image_folder import is_image_folder
+
         folder = Path(args.data)
         if not folder.is_dir():
             raise UserError(f"--data: no such folder: {args.data!r}")
         missing = missing_idx_files(folder)
-        if missing:
-            raise UserError(f"--data: {args.data!r} lacks {', '.join(missing)} (raw or .gz)")
+        if missing and not is_image_folder(folder):
+            raise UserError(f"--data: {args.data!r} lacks {', '.join(missing)} (raw or .gz), "
+                            f"and has no class folders of images either")
     cfg = TrainConfig(data=args.data, epochs=args.epochs, lr=args.lr, bs=args.bs,
                       seed=args.seed, out=args.out, device=args.device, subset=args.subset,
                       valid_pct=args.valid_pct, channels_last=args.channels_last,
-                      stats=args.stats, checkpoint_every=args.checkpoint_every)
+                      stats=args.stats, checkpoint_every=args.checkpoint_every,
+                      size=args.size, skip_bad=args.skip_bad, augment=args.augment)
     run_training(cfg)
     return 0
 

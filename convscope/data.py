@@ -19,7 +19,7 @@ import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -145,6 +145,7 @@ class ImageData:
     y_valid: Tensor
     classes: list[str]
     source: str
+    skipped: list[str] = field(default_factory=list)  # files left out as unreadable
 
     def subset(self, n_train: int, n_valid: int | None = None, seed: int = 0) -> ImageData:
         """A random subset of each split (the same for the same seed), e.g. for quick tests."""

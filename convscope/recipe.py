@@ -40,8 +40,8 @@ class TrainConfig:
     """Everything that decides a training run.
 
     Args:
-        data: a folder holding the four IDX files of an MNIST-layout dataset, or None for
-            MNIST found by `mnist()`.
+        data: a folder holding the four IDX files of an MNIST-layout dataset, or a folder of
+            images in class folders (see `image_folder`), or None for MNIST (`mnist()`).
         epochs: passes over the training set.
         lr: peak learning rate of the 1cycle schedule.
         bs: training batch size.
@@ -54,6 +54,9 @@ class TrainConfig:
         stats: record ActivationStats (for the diagnosis and the report's layer plots).
         checkpoint_every: save checkpoint.safetensors every N training batches as well as at
             the end of every epoch.
+        size: image folders are resized to size x size.
+        skip_bad: leave out unreadable image files (listed) instead of stopping.
+        augment: random crops (padding size//14) and flips of training batches.
     """
 
     data: str | None = None
@@ -68,6 +71,9 @@ class TrainConfig:
     channels_last: bool = True
     stats: bool = True
     checkpoint_every: int | None = None
+    size: int = 28
+    skip_bad: bool = False
+    augment: bool = False
 
     def __post_init__(self) -> None:
         if self.epochs < 0:
@@ -78,6 +84,8 @@ class TrainConfig:
             raise ValueError(f"Batch size must be >= 1. Received: bs={self.bs}.")
         if self.subset is not None and self.subset < 1:
             raise ValueError(f"subset must be >= 1. Received: subset={self.subset}.")
+        if self.size < 1:
+            raise ValueError(f"size must be >= 1. Received: size={self.size}.")
         if self.checkpoint_every is not None and self.checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be >= 1. Received: "
                              f"{self.checkpoint_every}.")
@@ -105,8 +113,28 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_data(cfg: TrainConfig) -> ImageData:
-    """The dataset named by the config, subset or split as asked."""
-    data = idx_folder(cfg.data) if cfg.data else mnist()
+    """The dataset named by the config, subset or split as asked.
+
+    An image folder without a valid split is split by valid_pct (default 0.2); any other
+    dataset holds out valid_pct of its training set only when valid_pct is given."""
+    from convscope.data import missing_idx_files
+    from convscope.image_folder import find_layout, image_folder, is_image_folder
+
+    if cfg.data is None:
+        data = mnist()
+    elif not missing_idx_files(cfg.data):
+        data = idx_folder(cfg.data)
+    elif is_image_folder(cfg.data):
+        has_valid = find_layout(Path(cfg.data))[1] is not None
+        data = image_folder(cfg.data, size=cfg.size, valid_pct=cfg.valid_pct or 0.2,
+                            seed=cfg.seed, skip_bad=cfg.skip_bad)
+        if has_valid and cfg.valid_pct:
+            data = data.split(cfg.valid_pct, seed=cfg.seed)
+        return data.subset(cfg.subset, seed=cfg.seed) if cfg.subset else data
+    else:
+        raise ValueError(f"--data {cfg.data!r} is neither an MNIST-layout folder (it lacks "
+                         f"{', '.join(missing_idx_files(cfg.data))}) nor a folder of class "
+                         f"folders of images.")
     if cfg.valid_pct:
         data = data.split(cfg.valid_pct, seed=cfg.seed)
     if cfg.subset:
@@ -125,11 +153,14 @@ class TrainResult:
 def make_learner(data: ImageData, cfg: TrainConfig, progress: bool = True) -> Learner:
     """The recipe's Learner: simple_cnn with batchnorm, AdamW, channels_last when asked."""
     from convscope.callbacks import ActivationStats, ChannelsLast
+    from convscope.callbacks.augment import BatchAugment
 
     dls = DataLoaders.from_data(data, bs=cfg.bs, seed=cfg.seed, device=resolve_device(cfg.device))
     torch.manual_seed(cfg.seed)
     model = simple_cnn(in_channels=dls.in_channels, n_classes=dls.c)
     cbs = [ChannelsLast()] if cfg.channels_last else []
+    if cfg.augment:
+        cbs.append(BatchAugment(pad=max(1, dls.train.x.shape[-1] // 14)))
     if cfg.stats:
         cbs.append(ActivationStats(seed=cfg.seed))
     return Learner(dls, model, lr=cfg.lr, cbs=cbs, progress=progress)
@@ -187,8 +218,10 @@ def run_training(cfg: TrainConfig, log=print, resume: bool = False) -> TrainResu
                          f"--resume.")
     data = load_data(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
-    log(f"data: {data.source}: {len(data.y_train)} train, {len(data.y_valid)} valid images, "
-        f"{len(data.classes)} classes")
+    log(f"data: {data.source}: {len(data.y_train)} train, {len(data.y_valid)} valid images "
+        f"of {' x '.join(map(str, data.x_train.shape[1:]))}, {len(data.classes)} classes")
+    for bad in data.skipped:
+        log(f"skipped: {bad}")
     learn = make_learner(data, cfg)
     learn.add_cb(CheckpointCallback(checkpoint, every_batches=cfg.checkpoint_every))
     if resume:

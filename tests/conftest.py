@@ -59,3 +59,9 @@ def stripes(n_train: int = 256, n_valid: int = 128, size: int = 16, seed: int = 
 @pytest.fixture
 def toy() -> ImageData:
     return stripes()
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch):
+    """Keep every test's caches (decoded image folders, downloads) out of the user's home."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
