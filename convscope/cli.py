@@ -101,6 +101,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="PNG to write (default: runs/conv_matrix.png)")
     m.set_defaults(func=_conv_matrix)
 
+    f = sub.add_parser("lr-find", help="sweep the learning rate and suggest one",
+                       description="Run lr_find on the recipe's learner (simple_cnn, AdamW): "
+                       "an exponential lr sweep from --start-lr to --end-lr over --num-it "
+                       "batches; print the suggestions and draw lr_find.png.")
+    f.add_argument("--data", metavar="DIR", help="as for train (default: MNIST)")
+    f.add_argument("--bs", type=positive_int, default=512, help="batch size (default: 512)")
+    f.add_argument("--seed", type=non_negative_int, default=0, help="default: 0")
+    f.add_argument("--size", type=positive_int, default=28, help="image folders (default: 28)")
+    f.add_argument("--subset", type=positive_int, metavar="N", help="use N training images")
+    f.add_argument("--start-lr", type=positive_float, default=1e-7, help="default: 1e-7")
+    f.add_argument("--end-lr", type=positive_float, default=10.0, help="default: 10")
+    f.add_argument("--num-it", type=positive_int, default=100, help="default: 100")
+    f.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    f.add_argument("--out", metavar="FILE", default="runs/lr_find.png",
+                   help="plot to write (default: runs/lr_find.png)")
+    f.set_defaults(func=_lr_find)
+
     r = sub.add_parser("report", help="rebuild report.html of a run folder",
                        description="Rebuild RUN_DIR/report.html from the files the run saved.")
     r.add_argument("run_dir", metavar="RUN_DIR")
@@ -191,6 +208,31 @@ def _conv_matrix(args: argparse.Namespace) -> int:
     print(f"W: {st['rows']} x {st['cols']} ({ho}x{ho} outputs, {n}x{n} inputs); "
           f"{st['zero_share']:.1%} zeros; {st['weights']} distinct weights, each used "
           f"{st['uses_per_weight']:.2f} times on average; drawn to {out}")
+    return 0
+
+
+def _lr_find(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from convscope import plots
+    from convscope.recipe import TrainConfig, load_data, make_learner
+
+    if args.start_lr >= args.end_lr:
+        raise UserError(f"--start-lr must be below --end-lr, received {args.start_lr} and "
+                        f"{args.end_lr}")
+    if args.num_it < 2:
+        raise UserError(f"--num-it: expected an integer >= 2, received {args.num_it}")
+    cfg = TrainConfig(data=args.data, bs=args.bs, seed=args.seed, size=args.size,
+                      subset=args.subset, device=args.device, stats=False)
+    learn = make_learner(load_data(cfg), cfg, progress=False)
+    suggestions = learn.lr_find(args.start_lr, args.end_lr, args.num_it)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    finder = learn.lr_finder
+    plots.plot_lr_find(finder.lrs, finder.losses, suggestions, save=out)
+    print(f"swept {len(finder.lrs)} batches from lr {finder.lrs[0]:.2g} to "
+          f"{finder.lrs[-1]:.2g}; suggestions: valley {suggestions.valley:.2g}, steep "
+          f"{suggestions.steep:.2g}, minimum {suggestions.minimum:.2g}; plot: {out}")
     return 0
 
 

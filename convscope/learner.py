@@ -47,6 +47,7 @@ class Callback:
     """Base class: override the events you need. Lower `order` runs first."""
 
     order = 0
+    run_in_lr_find = True  # False for callbacks that observe a fit: they sit out lr_find
     learn: Learner
 
     @property
@@ -304,6 +305,55 @@ class Learner:
         lr_max = self.lr if lr_max is None else lr_max
         sched = one_cycle_scheduler(lr_max, div, div_final, pct_start, moms)
         self.fit(n_epoch, lr=lr_max / div, cbs=[sched, *cbs], resume=resume)
+
+    def lr_find(self, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100,
+                stop_div: float = 4.0):
+        """Sweep the learning rate exponentially from `start_lr` to `end_lr` over `num_it`
+        training batches, stopping once the smoothed loss passes `stop_div` times its best.
+
+        Leaves no trace: weights, batchnorm statistics, optimizer state and random states
+        (torch's and the data order's) are restored afterwards, from memory, so no file can
+        collide with another run. Callbacks that observe a fit (Recorder, progress display,
+        checkpoints, ActivationStats, DivergenceGuard, schedules) sit out the sweep.
+
+        Returns:
+            SuggestedLRs (valley, steep, minimum); the curve stays in `self.lr_finder`.
+        """
+        import copy
+
+        from convscope.callbacks.schedule import LRFinder, suggest_lrs
+
+        finder = LRFinder(start_lr, end_lr, num_it, stop_div)
+        saved_model = copy.deepcopy(self.model.state_dict())
+        saved_opt = copy.deepcopy(self.opt.state_dict()) if self.opt is not None else None
+        saved_rng = torch.get_rng_state()
+        saved_cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+        saved_loader = self.dls.train.generator.get_state()
+        saved_counters = (self.epoch, self.n_epoch, self.iter, self.n_iter, self.train_iter,
+                          self.total_iters)
+        benched = [cb for cb in self.cbs if not cb.run_in_lr_find]
+        for cb in benched:
+            self.remove_cb(cb)
+        had_opt = self.opt is not None
+        try:
+            epochs = -(-num_it // len(self.dls.train))
+            self.fit(epochs, lr=start_lr, cbs=[finder])
+        finally:
+            self.model.load_state_dict(saved_model)
+            if saved_opt is not None:
+                self.opt.load_state_dict(saved_opt)  # type: ignore[union-attr]
+            elif not had_opt:
+                self.opt = None
+            torch.set_rng_state(saved_rng)
+            if saved_cuda is not None:
+                torch.cuda.set_rng_state_all(saved_cuda)
+            self.dls.train.generator.set_state(saved_loader)
+            (self.epoch, self.n_epoch, self.iter, self.n_iter, self.train_iter,
+             self.total_iters) = saved_counters
+            for cb in benched:
+                self.add_cb(cb)
+        self.lr_finder = finder
+        return suggest_lrs(finder.lrs, finder.losses)
 
     def save(self, path: str | Path) -> Path:
         """Write weights, optimizer state, RNG states and recorder history to one safetensors

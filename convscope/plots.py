@@ -217,3 +217,23 @@ def dead_chart(stats, save: str | Path | None = None) -> Figure:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return save_figure(fig, save)
+
+
+def plot_lr_find(lrs: Sequence[float], losses: Sequence[float], suggestions=None,
+                 save: str | Path | None = None) -> Figure:
+    """The lr_find curve: smoothed loss against learning rate (log scale), with the
+    suggested rates marked."""
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    ax.plot(lrs, losses)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("loss (smoothed)")
+    ax.grid(alpha=0.3)
+    if suggestions is not None:
+        for (name, lr), colour in zip(vars(suggestions).items(), ("C1", "C2", "C3"),
+                                      strict=True):
+            ax.axvline(lr, color=colour, linestyle="--", label=f"{name}: {lr:.2g}")
+        ax.legend()
+    fig.tight_layout()
+    return save_figure(fig, save)

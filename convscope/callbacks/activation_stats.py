@@ -78,6 +78,7 @@ class ActivationStats(Callback):
     """
 
     order = 40
+    run_in_lr_find = False
 
     def __init__(self, modules: list[nn.Module] | None = None,
                  filter: Callable[[str, nn.Module], bool] | None = None, every: int = 1,

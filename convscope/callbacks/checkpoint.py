@@ -23,6 +23,7 @@ class CheckpointCallback(Callback):
     """
 
     order = 90  # after the Recorder and the schedule have done their part of the batch
+    run_in_lr_find = False
 
     def __init__(self, path: str | Path, every_batches: int | None = None) -> None:
         if every_batches is not None and every_batches < 1:

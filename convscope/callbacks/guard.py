@@ -21,6 +21,7 @@ class DivergenceGuard(Callback):
     """Reached as `learn.divergence_guard`; remove it to let a NaN run go on."""
 
     order = -20
+    run_in_lr_find = False
 
     def after_backward(self) -> None:
         learn = self.learn

@@ -27,6 +27,7 @@ class ProgressCallback(Callback):
     """Reached as `learn.progress`. `refresh` is the seconds between loss reads for the bar."""
 
     order = 60
+    run_in_lr_find = False
 
     def __init__(self, refresh: float = 0.25, file=None) -> None:
         self.refresh = refresh

@@ -54,6 +54,7 @@ class Recorder(Callback):
     """
 
     order = 50
+    run_in_lr_find = False
 
     def __init__(self, beta: float = 0.98) -> None:
         self.beta = beta
