@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep NCHW memory order")
     t.add_argument("--no-stats", dest="stats", action="store_false",
                    help="do not record ActivationStats (the report then has no layer plots)")
+    t.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="mixed precision: bf16 (CPU or CUDA) or fp16 (CUDA); default fp32")
     t.add_argument("--checkpoint-every", type=positive_int, metavar="N",
                    help="also checkpoint every N batches (default: at each epoch's end)")
     t.add_argument("--resume", metavar="RUN_DIR",
@@ -285,7 +287,8 @@ def _train(args: argparse.Namespace) -> int:
                       seed=args.seed, out=args.out, device=args.device, subset=args.subset,
                       valid_pct=args.valid_pct, channels_last=args.channels_last,
                       stats=args.stats, checkpoint_every=args.checkpoint_every,
-                      size=args.size, skip_bad=args.skip_bad, augment=args.augment)
+                      size=args.size, skip_bad=args.skip_bad, augment=args.augment,
+                      precision=args.precision)
     run_training(cfg)
     return 0
 

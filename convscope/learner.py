@@ -285,11 +285,21 @@ class Learner:
         self.callback("after_loss")
         if not self.training:
             return
-        self.loss.backward()
+        self.backward()
         self.callback("after_backward")
-        self.opt.step()  # type: ignore[union-attr]
+        self.step()
         self.callback("after_step")
         self.opt.zero_grad(set_to_none=True)  # type: ignore[union-attr]
+
+    # A callback may replace these two on its learner for a fit (MixedPrecision's grad scaler
+    # does): they are the only places where gradients are made and applied.
+    def backward(self) -> None:
+        """Compute gradients of `self.loss`."""
+        self.loss.backward()
+
+    def step(self) -> None:
+        """Apply the gradients with the optimizer."""
+        self.opt.step()  # type: ignore[union-attr]
 
     # --- conveniences ----------------------------------------------------------------------
     def fit_one_cycle(self, n_epoch: int, lr_max: float | None = None, div: float = 25.0,

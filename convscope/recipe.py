@@ -57,6 +57,7 @@ class TrainConfig:
         size: image folders are resized to size x size.
         skip_bad: leave out unreadable image files (listed) instead of stopping.
         augment: random crops (padding size//14) and flips of training batches.
+        precision: "fp32", or mixed precision "bf16" (CPU or CUDA) or "fp16" (CUDA).
     """
 
     data: str | None = None
@@ -74,6 +75,7 @@ class TrainConfig:
     size: int = 28
     skip_bad: bool = False
     augment: bool = False
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if self.epochs < 0:
@@ -84,6 +86,12 @@ class TrainConfig:
             raise ValueError(f"Batch size must be >= 1. Received: bs={self.bs}.")
         if self.subset is not None and self.subset < 1:
             raise ValueError(f"subset must be >= 1. Received: subset={self.subset}.")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"Unknown precision. Received: {self.precision!r}. Choose fp32, "
+                             f"bf16 or fp16.")
+        if self.precision == "fp16" and resolve_device(self.device).type != "cuda":
+            raise ValueError(f"fp16 needs --device cuda (received {self.device!r}); use "
+                             f"--precision bf16 on the CPU.")
         if self.size < 1:
             raise ValueError(f"size must be >= 1. Received: size={self.size}.")
         if self.checkpoint_every is not None and self.checkpoint_every < 1:
@@ -154,6 +162,7 @@ def make_learner(data: ImageData, cfg: TrainConfig, progress: bool = True) -> Le
     """The recipe's Learner: simple_cnn with batchnorm, AdamW, channels_last when asked."""
     from convscope.callbacks import ActivationStats, ChannelsLast
     from convscope.callbacks.augment import BatchAugment
+    from convscope.callbacks.mixed_precision import MixedPrecision
 
     dls = DataLoaders.from_data(data, bs=cfg.bs, seed=cfg.seed, device=resolve_device(cfg.device))
     torch.manual_seed(cfg.seed)
@@ -161,6 +170,8 @@ def make_learner(data: ImageData, cfg: TrainConfig, progress: bool = True) -> Le
     cbs = [ChannelsLast()] if cfg.channels_last else []
     if cfg.augment:
         cbs.append(BatchAugment(pad=max(1, dls.train.x.shape[-1] // 14)))
+    if cfg.precision != "fp32":
+        cbs.append(MixedPrecision(cfg.precision))
     if cfg.stats:
         cbs.append(ActivationStats(seed=cfg.seed))
     return Learner(dls, model, lr=cfg.lr, cbs=cbs, progress=progress)

@@ -1,13 +1,17 @@
 """Callbacks: everything the training loop does besides predict, loss, backward and step."""
 
 from convscope.callbacks.activation_stats import ActivationStats
+from convscope.callbacks.augment import BatchAugment
 from convscope.callbacks.channels_last import ChannelsLast
 from convscope.callbacks.checkpoint import CheckpointCallback
 from convscope.callbacks.guard import DivergenceGuard, TrainingDivergedError
+from convscope.callbacks.mixed_precision import MixedPrecision
 from convscope.callbacks.progress import ProgressCallback
 from convscope.callbacks.recorder import History, Recorder
 from convscope.callbacks.schedule import ParamScheduler, one_cycle, one_cycle_scheduler
 
-__all__ = ["ActivationStats", "ChannelsLast", "CheckpointCallback", "DivergenceGuard", "History",
-           "ParamScheduler", "ProgressCallback", "Recorder", "TrainingDivergedError",
-           "one_cycle", "one_cycle_scheduler"]
+__all__ = [
+    "ActivationStats", "BatchAugment", "ChannelsLast", "CheckpointCallback", "DivergenceGuard",
+    "History", "MixedPrecision", "ParamScheduler", "ProgressCallback", "Recorder",
+    "TrainingDivergedError", "one_cycle", "one_cycle_scheduler",
+]

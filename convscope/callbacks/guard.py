@@ -31,6 +31,8 @@ class DivergenceGuard(Callback):
                      if grads else torch.zeros((), device=loss.device))
         # one device read for both checks
         finite_loss, finite_grad = torch.stack([loss.isfinite(), grad_norm.isfinite()]).tolist()
+        if getattr(learn, "grad_scaler", None) is not None:
+            finite_grad = True  # fp16: overflowing gradients are the scaler's to skip
         if finite_loss and finite_grad:
             return
         lr = learn.opt.param_groups[0]["lr"]

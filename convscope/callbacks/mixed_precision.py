@@ -1,0 +1,72 @@
+"""MixedPrecision: run the forward pass and the loss in bfloat16 or float16.
+
+bf16 (CPU and CUDA) keeps float32's range, so it needs nothing else. fp16 (CUDA only) does not:
+small gradients underflow, so a GradScaler multiplies the loss before backward, unscales the
+gradients before anyone looks at them, and skips the steps whose gradients overflowed. Weights,
+optimizer state and the Recorder's losses stay float32 throughout.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from convscope.learner import Callback
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class MixedPrecision(Callback):
+    """Reached as `learn.mixed_precision`. `dtype`: "bf16" or "fp16"."""
+
+    order = 55  # after the Recorder has read the (unscaled) loss in after_loss
+
+    def __init__(self, dtype: str = "bf16") -> None:
+        if dtype not in DTYPES:
+            raise ValueError(f"Unknown mixed precision dtype. Received: {dtype!r}. Choose one "
+                             f"of {sorted(DTYPES)}.")
+        self.dtype = dtype
+        self._ctx = None
+
+    def before_fit(self) -> None:
+        learn = self.learn
+        self.device_type = learn.dls.device.type
+        self.scaler = None
+        if self.dtype == "fp16":
+            if self.device_type != "cuda":
+                raise ValueError(f"fp16 mixed precision needs a CUDA device (it relies on a "
+                                 f"gradient scaler); received device "
+                                 f"{learn.dls.device}. Use bf16 on the CPU.")
+            self.scaler = torch.amp.GradScaler("cuda")
+            learn.grad_scaler = self.scaler
+            learn.backward = self._scaled_backward  # instance attributes shadow the methods
+            learn.step = self._scaled_step
+
+    def _scaled_backward(self) -> None:
+        learn = self.learn
+        self.scaler.scale(learn.loss).backward()
+        self.scaler.unscale_(learn.opt)  # so after_backward sees the true gradients
+
+    def _scaled_step(self) -> None:
+        self.scaler.step(self.learn.opt)  # skipped when a gradient overflowed
+        self.scaler.update()
+
+    def before_batch(self) -> None:
+        self._ctx = torch.autocast(self.device_type, dtype=DTYPES[self.dtype])
+        self._ctx.__enter__()
+
+    def _leave(self) -> None:
+        if self._ctx is not None:
+            self._ctx.__exit__(None, None, None)
+            self._ctx = None
+
+    def after_loss(self) -> None:
+        self._leave()  # backward runs outside autocast, as torch recommends
+
+    def after_batch(self) -> None:
+        self._leave()  # a batch cancelled before its loss
+
+    def after_fit(self) -> None:
+        self._leave()
+        learn = self.learn
+        for name in ("backward", "step", "grad_scaler"):
+            learn.__dict__.pop(name, None)
