@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not record ActivationStats (the report then has no layer plots)")
     t.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                    help="mixed precision: bf16 (CPU or CUDA) or fp16 (CUDA); default fp32")
+    t.add_argument("--nproc", type=positive_int, default=1, metavar="N",
+                   help="train in N processes with DistributedDataParallel (starts torchrun)")
+    t.add_argument("--sync-bn", action="store_true",
+                   help="with --nproc: batchnorm statistics over all processes' batches")
     t.add_argument("--checkpoint-every", type=positive_int, metavar="N",
                    help="also checkpoint every N batches (default: at each epoch's end)")
     t.add_argument("--resume", metavar="RUN_DIR",
@@ -263,33 +267,59 @@ def _summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _without_nproc(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
+
+
+def _torchrun(nproc: int, argv: list[str]) -> int:
+    """Start `nproc` processes of `convscope <argv>` with torchrun, on this machine."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc-per-node={nproc}", "-m", "convscope", *_without_nproc(argv)]
+    return subprocess.call(cmd)
+
+
 def _train(args: argparse.Namespace) -> int:
+    import os
     from pathlib import Path
 
     from convscope.data import missing_idx_files
     from convscope.recipe import TrainConfig, load_config, run_training
 
+    # every check happens here, in the launching process, so bad input is one line even
+    # when torchrun is about to start several processes
     if args.resume is not None:
         overrides = {"device": args.device} if args.device != "cpu" else {}
-        run_training(load_config(args.resume, **overrides), resume=True)
-        return 0
-    if args.data is not None:
-        from convscope.image_folder import is_image_folder
+        cfg = load_config(args.resume, **overrides)
+    else:
+        if args.data is not None:
+            from convscope.image_folder import is_image_folder
 
-        folder = Path(args.data)
-        if not folder.is_dir():
-            raise UserError(f"--data: no such folder: {args.data!r}")
-        missing = missing_idx_files(folder)
-        if missing and not is_image_folder(folder):
-            raise UserError(f"--data: {args.data!r} lacks {', '.join(missing)} (raw or .gz), "
-                            f"and has no class folders of images either")
-    cfg = TrainConfig(data=args.data, epochs=args.epochs, lr=args.lr, bs=args.bs,
-                      seed=args.seed, out=args.out, device=args.device, subset=args.subset,
-                      valid_pct=args.valid_pct, channels_last=args.channels_last,
-                      stats=args.stats, checkpoint_every=args.checkpoint_every,
-                      size=args.size, skip_bad=args.skip_bad, augment=args.augment,
-                      precision=args.precision)
-    run_training(cfg)
+            folder = Path(args.data)
+            if not folder.is_dir():
+                raise UserError(f"--data: no such folder: {args.data!r}")
+            missing = missing_idx_files(folder)
+            if missing and not is_image_folder(folder):
+                raise UserError(f"--data: {args.data!r} lacks {', '.join(missing)} (raw or "
+                                f".gz), and has no class folders of images either")
+        cfg = TrainConfig(data=args.data, epochs=args.epochs, lr=args.lr, bs=args.bs,
+                          seed=args.seed, out=args.out, device=args.device, subset=args.subset,
+                          valid_pct=args.valid_pct, channels_last=args.channels_last,
+                          stats=args.stats, checkpoint_every=args.checkpoint_every,
+                          size=args.size, skip_bad=args.skip_bad, augment=args.augment,
+                          precision=args.precision, sync_bn=args.sync_bn)
+    if args.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return _torchrun(args.nproc, args.argv)
+    run_training(cfg, resume=args.resume is not None)
     return 0
 
 
@@ -297,8 +327,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `convscope` command; returns the exit code."""
     from convscope.errors import TrainingDivergedError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser().parse_args(argv)
+        args.argv = argv
         return args.func(args)
     except TrainingDivergedError as e:
         print(f"convscope: {e}", file=sys.stderr)

@@ -372,6 +372,7 @@ class DataLoader:
             raise ValueError(f"Batch size must be at least 1. Received: bs={bs}.")
         self.x, self.y, self.bs = x, y, bs
         self.shuffle, self.drop_last = shuffle, drop_last
+        self.rank, self.world_size = 0, 1
         self.generator = torch.Generator().manual_seed(seed)
         c = x.shape[1]
         mean = torch.full((c,), 0.5) if mean is None else mean
@@ -384,9 +385,31 @@ class DataLoader:
     def device(self) -> torch.device:
         return self.x.device
 
-    def __len__(self) -> int:
+    def shard(self, rank: int, world_size: int) -> DataLoader:
+        """Make this loader yield only rank `rank`'s share of the batches: every process
+        draws the same order (same seed) and takes batches rank, rank + world_size, ...
+        Shuffled (training) loaders drop the last few batches so every rank has as many."""
+        if not 0 <= rank < world_size:
+            raise ValueError(f"Expected 0 <= rank < world_size. Received: rank={rank}, "
+                             f"world_size={world_size}.")
+        self.rank, self.world_size = rank, world_size
+        return self
+
+    def _all_batches(self) -> int:
         n = len(self.y)
         return n // self.bs if self.drop_last else math.ceil(n / self.bs)
+
+    def _mine(self) -> list[int]:
+        """The global batch indices of this rank's shard, in order."""
+        n, w = self._all_batches(), self.world_size
+        if w == 1:
+            return list(range(n))
+        if self.shuffle:
+            n = n // w * w  # equal counts: a rank waiting for a gradient that never comes hangs
+        return list(range(self.rank, n, w))
+
+    def __len__(self) -> int:
+        return len(self._mine()) if self.world_size > 1 else self._all_batches()
 
     def normalize(self, xb: Tensor) -> Tensor:
         """uint8 (B, C, H, W) -> float32 (B, C, H, W), normalised."""
@@ -409,7 +432,7 @@ class DataLoader:
             order = torch.randperm(n, generator=self.generator).to(self.device)
         else:
             order = None
-        for i in range(start, len(self)):
+        for i in (self._mine()[start:] if self.world_size > 1 else range(start, len(self))):
             if order is None:
                 sl = slice(i * self.bs, (i + 1) * self.bs)
                 xb, yb = self.x[sl], self.y[sl]

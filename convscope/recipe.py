@@ -58,6 +58,7 @@ class TrainConfig:
         skip_bad: leave out unreadable image files (listed) instead of stopping.
         augment: random crops (padding size//14) and flips of training batches.
         precision: "fp32", or mixed precision "bf16" (CPU or CUDA) or "fp16" (CUDA).
+        sync_bn: with several processes, batchnorm statistics over all of their batches.
     """
 
     data: str | None = None
@@ -76,6 +77,7 @@ class TrainConfig:
     skip_bad: bool = False
     augment: bool = False
     precision: str = "fp32"
+    sync_bn: bool = False
 
     def __post_init__(self) -> None:
         if self.epochs < 0:
@@ -94,6 +96,9 @@ class TrainConfig:
                              f"--precision bf16 on the CPU.")
         if self.size < 1:
             raise ValueError(f"size must be >= 1. Received: size={self.size}.")
+        if self.sync_bn and resolve_device(self.device).type != "cuda":
+            raise ValueError("sync_bn needs --device cuda: torch's SyncBatchNorm runs only on "
+                             "GPUs.")
         if self.checkpoint_every is not None and self.checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be >= 1. Received: "
                              f"{self.checkpoint_every}.")
@@ -158,7 +163,8 @@ class TrainResult:
     values: list[dict] = field(default_factory=list)
 
 
-def make_learner(data: ImageData, cfg: TrainConfig, progress: bool = True) -> Learner:
+def make_learner(data: ImageData, cfg: TrainConfig, progress: bool = True,
+                 stats: bool | None = None) -> Learner:
     """The recipe's Learner: simple_cnn with batchnorm, AdamW, channels_last when asked."""
     from convscope.callbacks import ActivationStats, ChannelsLast
     from convscope.callbacks.augment import BatchAugment
@@ -172,7 +178,7 @@ def make_learner(data: ImageData, cfg: TrainConfig, progress: bool = True) -> Le
         cbs.append(BatchAugment(pad=max(1, dls.train.x.shape[-1] // 14)))
     if cfg.precision != "fp32":
         cbs.append(MixedPrecision(cfg.precision))
-    if cfg.stats:
+    if cfg.stats if stats is None else stats:
         cbs.append(ActivationStats(seed=cfg.seed))
     return Learner(dls, model, lr=cfg.lr, cbs=cbs, progress=progress)
 
@@ -213,14 +219,36 @@ def load_config(run_dir: str | Path, **overrides) -> TrainConfig:
 def run_training(cfg: TrainConfig, log=print, resume: bool = False) -> TrainResult:
     """Train as `cfg` says and write the run folder; return where, and the final accuracy.
 
+    In a process started by torchrun (several processes), joins the process group, trains
+    with DistributedDataParallel, and only rank 0 writes files and prints.
+
     Args:
         resume: continue from the run folder's checkpoint instead of starting afresh.
     """
+    from convscope import distributed
+
+    info = None
+    if distributed.launched_by_torchrun():
+        info = distributed.setup(resolve_device(cfg.device))
+    try:
+        return _run(cfg, log if info is None or info.is_main else _silent, resume, info)
+    finally:
+        if info is not None:
+            distributed.teardown()
+
+
+def _silent(*args, **kwargs) -> None:
+    pass
+
+
+def _run(cfg: TrainConfig, log, resume: bool, info) -> TrainResult:
     from convscope import plots
     from convscope.callbacks import CheckpointCallback
     from convscope.diagnose import diagnose
+    from convscope.distributed import Distributed
     from convscope.report import build_report
 
+    main = info is None or info.is_main
     run_dir = Path(cfg.out)
     checkpoint = run_dir / CHECKPOINT
     if resume and not checkpoint.is_file():
@@ -228,25 +256,34 @@ def run_training(cfg: TrainConfig, log=print, resume: bool = False) -> TrainResu
                          f"stopped before its first checkpoint). Start it again without "
                          f"--resume.")
     data = load_data(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     log(f"data: {data.source}: {len(data.y_train)} train, {len(data.y_valid)} valid images "
         f"of {' x '.join(map(str, data.x_train.shape[1:]))}, {len(data.classes)} classes")
     for bad in data.skipped:
         log(f"skipped: {bad}")
-    learn = make_learner(data, cfg)
-    learn.add_cb(CheckpointCallback(checkpoint, every_batches=cfg.checkpoint_every))
+    if info is not None:
+        log(f"distributed: {info.world_size} processes; each trains on its shard of the batches")
+    learn = make_learner(data, cfg, progress=main, stats=cfg.stats and main)
+    if info is not None:
+        learn.add_cb(Distributed(info, sync_bn=cfg.sync_bn))
+    if main:
+        learn.add_cb(CheckpointCallback(checkpoint, every_batches=cfg.checkpoint_every))
     if resume:
         from convscope.checkpoint import read_checkpoint
 
         pos = read_checkpoint(checkpoint)[1]["position"]
         log(f"resuming from {checkpoint}: epoch {pos['epoch']}, batch {pos['batch']}")
-    else:
+    elif main:
         atomic_write_bytes(run_dir / "config.json", json.dumps(asdict(cfg), indent=2).encode())
         learn.dls.show_batch(save=run_dir / "show_batch.png")
     start = time.perf_counter()
     learn.fit_one_cycle(cfg.epochs, cfg.lr, resume=checkpoint if resume else None)
     seconds = time.perf_counter() - start
     values = learn.recorder.values
+    accuracy = values[-1]["accuracy"] if values else learn.validate()["accuracy"]
+    if not main:
+        return TrainResult(run_dir, accuracy, seconds, values)
     write_metrics_csv(run_dir / "metrics.csv", values)
     mean, std = learn.dls.stats
     save_weights(learn.model, run_dir / "model.safetensors",
@@ -261,7 +298,6 @@ def run_training(cfg: TrainConfig, log=print, resume: bool = False) -> TrainResu
     if values:
         plots.plot_loss(learn.recorder, save=run_dir / "loss.png")
         plots.plot_sched(learn.recorder, save=run_dir / "sched.png")
-    accuracy = values[-1]["accuracy"] if values else learn.validate()["accuracy"]
     split = "valid" if cfg.valid_pct else "test"
     log(f"{split} accuracy: {accuracy:.2%} after {cfg.epochs} "
         f"epoch{'s' if cfg.epochs != 1 else ''} in {seconds:.1f}s of training")

@@ -32,6 +32,7 @@ class ProgressCallback(Callback):
     def __init__(self, refresh: float = 0.25, file=None) -> None:
         self.refresh = refresh
         self.file = file
+        self._bar = None  # after_fit runs even when another callback's before_fit failed
 
     def before_fit(self) -> None:
         out = self.file or sys.stdout
@@ -49,7 +50,7 @@ class ProgressCallback(Callback):
             self._bar.start()
 
     def _print(self, line: str) -> None:
-        if self._bar is not None if hasattr(self, "_bar") else False:
+        if self._bar is not None:
             self._bar.console.print(line, highlight=False, markup=False)
         else:
             print(line, file=self.file or sys.stdout, flush=True)

@@ -106,6 +106,14 @@ class Recorder(Callback):
             self._vsum += torch.stack(batch) * bs
             self._vcount += bs
 
+    def reduce_valid(self, all_reduce) -> None:
+        """Sum this epoch's valid totals over processes with `all_reduce` (in place), so each
+        holds the metrics of the whole valid set (used by the Distributed callback)."""
+        count = torch.tensor([float(self._vcount)], device=self._vsum.device)
+        all_reduce(self._vsum)
+        all_reduce(count)
+        self._vcount = int(count.item())
+
     @property
     def smooth_loss(self) -> float:
         """The latest smoothed train loss (reads the device: call it sparingly)."""

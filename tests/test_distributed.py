@@ -1,0 +1,76 @@
+"""Two processes on this machine with PyTorch's own engine (gloo), as torchrun starts them."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from convscope import DataLoaders, Learner, mnist, simple_cnn
+from convscope.cli import main
+
+WORKER = Path(__file__).parent / "ddp_worker.py"
+
+
+def torchrun(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc-per-node=2", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    proc = torchrun(str(WORKER), str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_weights_identical_across_ranks(ddp_run):
+    a, b = load_file(ddp_run / "rank0.safetensors"), load_file(ddp_run / "rank1.safetensors")
+    params = [k for k in a if not k.endswith(("running_mean", "running_var",
+                                              "num_batches_tracked"))]
+    assert params
+    for k in params:
+        assert torch.equal(a[k], b[k]), k  # same start (broadcast) and the same averaged steps
+    for k in a:  # batchnorm statistics are each process's own since the last broadcast
+        torch.testing.assert_close(a[k].float(), b[k].float(), rtol=0.2, atol=0.2)
+
+
+def test_metrics_reduced_over_the_whole_valid_set(ddp_run):
+    r0 = json.loads((ddp_run / "rank0.json").read_text())
+    r1 = json.loads((ddp_run / "rank1.json").read_text())
+    assert r0["valid_count"] == r1["valid_count"] == 1000  # both halves counted
+    assert [v["accuracy"] for v in r0["values"]] == [v["accuracy"] for v in r1["values"]]
+    assert r0["batches"] == 2 * (3072 // 64 // 2)  # each rank trained on half the batches
+
+
+def test_accuracy_in_line_with_one_process(ddp_run):
+    """One process with the same global batch (2 x 64) and the same number of steps."""
+    torch.manual_seed(0)
+    data = mnist().subset(3072, 1000, seed=0)
+    learn = Learner(DataLoaders.from_data(data, bs=128, seed=0), simple_cnn(), progress=False)
+    learn.fit_one_cycle(2, 1e-2)
+    single = learn.recorder.values[-1]["accuracy"]
+    ddp = json.loads((ddp_run / "rank0.json").read_text())["values"][-1]["accuracy"]
+    assert ddp > 0.85 and abs(ddp - single) < 0.03, (ddp, single)
+
+
+def test_cli_nproc_2_writes_one_run_folder(tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "convscope", "train", "--nproc", "2",
+                           "--subset", "2048", "--bs", "64", "--epochs", "1", "--no-stats",
+                           "--out", str(run)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("test accuracy:") == 1  # rank 0 alone prints
+    assert "distributed: 2 processes" in proc.stdout
+    for name in ("model.safetensors", "metrics.csv", "checkpoint.safetensors", "report.html"):
+        assert (run / name).is_file(), name
+
+
+def test_sync_bn_on_cpu_is_refused(capsys):
+    assert main(["train", "--nproc", "2", "--sync-bn"]) == 2
+    assert "sync_bn needs --device cuda" in capsys.readouterr().err
