@@ -1,49 +1,123 @@
 """convscope: build, train and look inside convolutional neural networks.
 
-The system chapter 13 of the fastai book teaches, as a library: conv blocks and simple_cnn,
-in-memory MNIST DataLoaders, a Learner with callbacks, 1cycle training and a Recorder.
+The system chapter 13 of the fastai book teaches, as a library: convolution from first
+principles (`convscope.conv`), conv blocks and simple_cnn, in-memory DataLoaders for MNIST and
+image folders, a Learner with callbacks, 1cycle training, lr_find, ActivationStats, a
+diagnosis in words and an HTML report.
 
 `convscope.conv` is the module of convolution from first principles; the conv block function
 of chapter 13 is `convscope.layers.conv`.
+
+Names are imported on first use (PEP 562), from the modules listed in `_WHERE`: importing
+torch alone takes about 2 s on a small CPU, and `convscope --help` should not wait for it.
 """
 
-from convscope.callbacks import (
-    ActivationStats,
-    ChannelsLast,
-    CheckpointCallback,
-    DivergenceGuard,
-    History,
-    ParamScheduler,
-    ProgressCallback,
-    Recorder,
-)
-from convscope.data import DataLoader, DataLoaders, ImageData, idx_folder, mnist, read_idx
-from convscope.diagnose import Finding, diagnose
-from convscope.errors import TrainingDivergedError
-from convscope.layers import BatchNorm2d, Flatten
-from convscope.learner import (
-    Callback,
-    CancelBatchException,
-    CancelEpochException,
-    CancelFitException,
-    Learner,
-    accuracy,
-    adamw,
-    sgd,
-)
-from convscope.models import simple_cnn
-from convscope.plots import color_dim, dead_chart, plot_layer_stats
-from convscope.recipe import TrainConfig, run_training
-from convscope.report import build_report
-from convscope.summary import summary
+from __future__ import annotations
 
-__all__ = [
-    "ActivationStats", "CheckpointCallback", "DivergenceGuard", "TrainingDivergedError",
-    "Finding", "History", "build_report", "color_dim", "dead_chart",
-    "diagnose", "plot_layer_stats", "summary",
-    "CancelBatchException", "CancelEpochException", "CancelFitException", "Callback",
-    "BatchNorm2d", "ChannelsLast", "DataLoader", "DataLoaders", "Flatten", "ImageData", "Learner",
-    "ParamScheduler", "ProgressCallback", "Recorder", "TrainConfig", "accuracy", "adamw",
-    "idx_folder", "mnist", "read_idx", "run_training", "sgd", "simple_cnn",
-]
+import importlib
+from typing import TYPE_CHECKING
+
 __version__ = "0.1.0"
+
+# public name -> the module that defines it
+_WHERE = {
+    "ActivationStats": "convscope.callbacks",
+    "BatchAugment": "convscope.callbacks",
+    "ChannelsLast": "convscope.callbacks",
+    "CheckpointCallback": "convscope.callbacks",
+    "DivergenceGuard": "convscope.callbacks",
+    "History": "convscope.callbacks",
+    "MixedPrecision": "convscope.callbacks",
+    "ParamScheduler": "convscope.callbacks",
+    "ProgressCallback": "convscope.callbacks",
+    "Recorder": "convscope.callbacks",
+    "DataLoader": "convscope.data",
+    "DataLoaders": "convscope.data",
+    "ImageData": "convscope.data",
+    "idx_folder": "convscope.data",
+    "load_image": "convscope.data",
+    "mnist": "convscope.data",
+    "read_idx": "convscope.data",
+    "Finding": "convscope.diagnose",
+    "diagnose": "convscope.diagnose",
+    "Distributed": "convscope.distributed",
+    "TrainingDivergedError": "convscope.errors",
+    "image_folder": "convscope.image_folder",
+    "BatchNorm2d": "convscope.layers",
+    "Flatten": "convscope.layers",
+    "Callback": "convscope.learner",
+    "CancelBatchException": "convscope.learner",
+    "CancelEpochException": "convscope.learner",
+    "CancelFitException": "convscope.learner",
+    "Learner": "convscope.learner",
+    "accuracy": "convscope.learner",
+    "adamw": "convscope.learner",
+    "sgd": "convscope.learner",
+    "simple_cnn": "convscope.models",
+    "color_dim": "convscope.plots",
+    "dead_chart": "convscope.plots",
+    "plot_layer_stats": "convscope.plots",
+    "TrainConfig": "convscope.recipe",
+    "run_training": "convscope.recipe",
+    "build_report": "convscope.report",
+    "summary": "convscope.summary",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'convscope' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])
+
+
+if TYPE_CHECKING:  # what type checkers and editors see
+    from convscope.callbacks import (
+        ActivationStats,
+        BatchAugment,
+        ChannelsLast,
+        CheckpointCallback,
+        DivergenceGuard,
+        History,
+        MixedPrecision,
+        ParamScheduler,
+        ProgressCallback,
+        Recorder,
+    )
+    from convscope.data import (
+        DataLoader,
+        DataLoaders,
+        ImageData,
+        idx_folder,
+        load_image,
+        mnist,
+        read_idx,
+    )
+    from convscope.diagnose import Finding, diagnose
+    from convscope.distributed import Distributed
+    from convscope.errors import TrainingDivergedError
+    from convscope.image_folder import image_folder
+    from convscope.layers import BatchNorm2d, Flatten
+    from convscope.learner import (
+        Callback,
+        CancelBatchException,
+        CancelEpochException,
+        CancelFitException,
+        Learner,
+        accuracy,
+        adamw,
+        sgd,
+    )
+    from convscope.models import simple_cnn
+    from convscope.plots import color_dim, dead_chart, plot_layer_stats
+    from convscope.recipe import TrainConfig, run_training
+    from convscope.report import build_report
+    from convscope.summary import summary

@@ -144,3 +144,12 @@ def test_summary_command(capsys):
     assert "expected CxHxW" in capsys.readouterr().err
     assert main(["summary", "--model", "resnet"]) == 2
     assert "choose one of simple_cnn, book_first" in capsys.readouterr().err
+
+
+def test_help_does_not_import_torch():
+    """`convscope --help` answers without loading torch or matplotlib (they take seconds)."""
+    code = ("import sys\nfrom convscope.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('torch', 'matplotlib') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.stdout.strip().endswith("[]"), proc.stdout + proc.stderr
