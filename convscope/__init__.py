@@ -38,11 +38,11 @@ _WHERE = {
     "load_image": "convscope.data",
     "mnist": "convscope.data",
     "read_idx": "convscope.data",
-    "Finding": "convscope.diagnose",
-    "diagnose": "convscope.diagnose",
+    "Finding": "convscope.diagnosis",
+    "diagnose": "convscope.diagnosis",
     "Distributed": "convscope.distributed",
     "TrainingDivergedError": "convscope.errors",
-    "image_folder": "convscope.image_folder",
+    "image_folder": "convscope.image_folders",
     "BatchNorm2d": "convscope.layers",
     "Flatten": "convscope.layers",
     "Callback": "convscope.learner",
@@ -60,7 +60,7 @@ _WHERE = {
     "TrainConfig": "convscope.recipe",
     "run_training": "convscope.recipe",
     "build_report": "convscope.report",
-    "summary": "convscope.summary",
+    "summary": "convscope.model_summary",
 }
 
 __all__ = sorted(_WHERE)
@@ -101,10 +101,10 @@ if TYPE_CHECKING:  # what type checkers and editors see
         mnist,
         read_idx,
     )
-    from convscope.diagnose import Finding, diagnose
+    from convscope.diagnosis import Finding, diagnose
     from convscope.distributed import Distributed
     from convscope.errors import TrainingDivergedError
-    from convscope.image_folder import image_folder
+    from convscope.image_folders import image_folder
     from convscope.layers import BatchNorm2d, Flatten
     from convscope.learner import (
         Callback,
@@ -116,8 +116,8 @@ if TYPE_CHECKING:  # what type checkers and editors see
         adamw,
         sgd,
     )
+    from convscope.model_summary import summary
     from convscope.models import simple_cnn
     from convscope.plots import color_dim, dead_chart, plot_layer_stats
     from convscope.recipe import TrainConfig, run_training
     from convscope.report import build_report
-    from convscope.summary import summary

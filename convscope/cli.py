@@ -250,8 +250,8 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _summary(args: argparse.Namespace) -> int:
+    from convscope.model_summary import summary
     from convscope.models import simple_cnn
-    from convscope.summary import summary
 
     shape = _shape(args.input)
     if args.model not in MODELS:
@@ -302,7 +302,7 @@ def _train(args: argparse.Namespace) -> int:
         cfg = load_config(args.resume, **overrides)
     else:
         if args.data is not None:
-            from convscope.image_folder import is_image_folder
+            from convscope.image_folders import is_image_folder
 
             folder = Path(args.data)
             if not folder.is_dir():

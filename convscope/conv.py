@@ -261,7 +261,7 @@ def receptive_field(model: nn.Module, input_size: tuple[int, int]) -> list[dict]
     ...  if r["type"] == "Conv2d"]
     [('0.0', 3, 2), ('1.0', 7, 4)]
     """
-    from convscope.summary import trace
+    from convscope.model_summary import trace
 
     size, jump, start = 1, 1, 0.5
     rows = []

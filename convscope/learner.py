@@ -404,7 +404,7 @@ class Learner:
 
     def summary(self):
         """Per layer: output shape, parameters, MACs and receptive field, for this data."""
-        from convscope.summary import summary
+        from convscope.model_summary import summary
 
         return summary(self.model, tuple(self.dls.train.x.shape[1:]))
 

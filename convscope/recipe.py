@@ -131,7 +131,7 @@ def load_data(cfg: TrainConfig) -> ImageData:
     An image folder without a valid split is split by valid_pct (default 0.2); any other
     dataset holds out valid_pct of its training set only when valid_pct is given."""
     from convscope.data import missing_idx_files
-    from convscope.image_folder import find_layout, image_folder, is_image_folder
+    from convscope.image_folders import find_layout, image_folder, is_image_folder
 
     if cfg.data is None:
         data = mnist()
@@ -244,7 +244,7 @@ def _silent(*args, **kwargs) -> None:
 def _run(cfg: TrainConfig, log, resume: bool, info) -> TrainResult:
     from convscope import plots
     from convscope.callbacks import CheckpointCallback
-    from convscope.diagnose import diagnose
+    from convscope.diagnosis import diagnose
     from convscope.distributed import Distributed
     from convscope.report import build_report
 

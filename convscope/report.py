@@ -19,7 +19,7 @@ from pathlib import Path
 from convscope.callbacks.activation_stats import ActivationStats
 from convscope.callbacks.recorder import History
 from convscope.data import atomic_write_bytes
-from convscope.diagnose import Finding, diagnose
+from convscope.diagnosis import Finding, diagnose
 
 REQUIRED = ("config.json", "metrics.csv", "history.json")
 
@@ -131,8 +131,8 @@ def _summary_text(run: Run) -> str | None:
     meta = run.model_meta
     if meta.get("model") != "simple_cnn" or "input_shape" not in meta:
         return None
+    from convscope.model_summary import summary
     from convscope.models import simple_cnn
-    from convscope.summary import summary
 
     shape = tuple(json.loads(meta["input_shape"]))
     model = simple_cnn(in_channels=int(meta["in_channels"]), n_classes=int(meta["n_classes"]))

@@ -7,7 +7,7 @@ from convscope.callbacks.activation_stats import ActivationStats
 from convscope.callbacks.recorder import History
 from convscope.callbacks.schedule import ParamScheduler
 from convscope.data import DataLoaders, mnist
-from convscope.diagnose import Finding, Thresholds, diagnose
+from convscope.diagnosis import Finding, Thresholds, diagnose
 from convscope.learner import Learner, sgd
 from convscope.models import simple_cnn
 

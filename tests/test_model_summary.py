@@ -3,8 +3,8 @@ import copy
 import torch
 from torch import nn
 
+from convscope.model_summary import summary
 from convscope.models import simple_cnn
-from convscope.summary import summary
 
 
 def book_first_model() -> nn.Module:

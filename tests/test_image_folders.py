@@ -7,10 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from convscope import image_folder as imf
+from convscope import image_folders as imf
 from convscope.callbacks.augment import random_crop, random_flip
 from convscope.cli import main
-from convscope.image_folder import image_folder
+from convscope.image_folders import image_folder
 
 
 def make_folder(root, layout="split", modes=("RGB", "L", "RGBA", "P"), n=4, size=(12, 10)):
