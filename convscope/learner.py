@@ -148,6 +148,7 @@ class Learner:
         self.opt_func, self.lr, self.metrics = opt_func, lr, list(metrics)
         self.opt: torch.optim.Optimizer | None = None
         self.cbs: list[Callback] = []
+        self._handlers: dict[str, list[Callable[[], None]]] = {e: [] for e in EVENTS}
         self.epoch = self.n_epoch = self.iter = self.n_iter = 0
         self.train_iter = self.total_iters = 0
         self.training = False
@@ -173,6 +174,7 @@ class Learner:
         cb.learn = self
         self.cbs.append(cb)
         setattr(self, cb.name, cb)
+        self._index_handlers()
         return self
 
     def remove_cb(self, cb: Callback | str) -> Learner:
@@ -186,12 +188,24 @@ class Learner:
         self.cbs.remove(cb)
         if getattr(self, cb.name, None) is cb:
             delattr(self, cb.name)
+        self._index_handlers()
         return self
 
     def callback(self, event: str) -> None:
-        """Call `event` on every callback, in `order`."""
-        for cb in sorted(self.cbs, key=lambda c: c.order):
-            getattr(cb, event)()
+        """Call `event` on every callback that handles it, in `order`."""
+        for handler in self._handlers[event]:
+            handler()
+
+    def _index_handlers(self) -> None:
+        """Per event, the callbacks' own methods for it, in order: the loop then calls only
+        these, not the dozen no-ops of every callback on every batch."""
+        ordered = sorted(self.cbs, key=lambda c: c.order)
+
+        def handles(cb: Callback, event: str) -> bool:
+            return event in vars(cb) or getattr(type(cb), event) is not getattr(Callback, event)
+
+        self._handlers = {event: [getattr(cb, event) for cb in ordered if handles(cb, event)]
+                          for event in EVENTS}
 
     # --- the loop --------------------------------------------------------------------------
     def _with_events(self, f: Callable[[], None], name: str,

@@ -1,0 +1,86 @@
+"""The Learner's overhead: time per epoch of Learner.fit_one_cycle over a hand-written loop.
+
+Both sides train the same simple_cnn (channels_last) on the same in-memory MNIST batches
+(bs 512) with the same AdamW and the same 1cycle schedule (torch's OneCycleLR, which the
+tests show equals convscope's), and evaluate accuracy on the test set after each epoch. They
+alternate in this one process, several repeats; the median ratio is reported (target 1.05).
+
+    .venv/bin/python bench/learner_vs_loop.py [--repeats 5] [--epochs 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from convscope import ChannelsLast, DataLoaders, Learner, adamw, mnist, simple_cnn
+
+
+def hand_loop(dls: DataLoaders, epochs: int, lr: float) -> float:
+    torch.manual_seed(0)
+    model = simple_cnn().to(memory_format=torch.channels_last)
+    opt = adamw(model.parameters(), lr=lr / 25)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=lr, total_steps=epochs * len(dls.train), pct_start=0.25, div_factor=25,
+        final_div_factor=1e5 / 25, base_momentum=0.85, max_momentum=0.95)
+    for _ in range(epochs):
+        model.train()
+        for xb, yb in dls.train:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+            loss = F.cross_entropy(model(xb), yb)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            sched.step()
+        model.eval()
+        correct = torch.zeros((), dtype=torch.long)
+        with torch.inference_mode():
+            for xb, yb in dls.valid:
+                correct += (model(xb.contiguous(memory_format=torch.channels_last)).argmax(1)
+                            == yb).sum()
+    return correct.item() / len(dls.valid.y)
+
+
+def learner(dls: DataLoaders, epochs: int, lr: float) -> float:
+    torch.manual_seed(0)
+    learn = Learner(dls, simple_cnn(), cbs=[ChannelsLast()], progress=False)
+    learn.fit_one_cycle(epochs, lr)
+    return learn.recorder.values[-1]["accuracy"]
+
+
+def timed(fn, *args) -> tuple[float, float]:
+    start = time.perf_counter()
+    acc = fn(*args)
+    return time.perf_counter() - start, acc
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--lr", type=float, default=1e-2)
+    args = parser.parse_args()
+    dls = DataLoaders.from_data(mnist(), bs=512)
+    timed(hand_loop, dls, 1, args.lr)  # warm-up
+    loop, learn = [], []
+    for i in range(args.repeats):
+        t, a = timed(hand_loop, dls, args.epochs, args.lr)
+        loop.append(t / args.epochs)
+        t2, a2 = timed(learner, dls, args.epochs, args.lr)
+        learn.append(t2 / args.epochs)
+        print(f"repeat {i}: loop {loop[-1]:.2f}s/epoch (acc {a:.4f}), Learner "
+              f"{learn[-1]:.2f}s/epoch (acc {a2:.4f})", flush=True)
+    a, b = statistics.median(loop), statistics.median(learn)
+    print(f"machine: {platform.machine()}, {torch.get_num_threads()} threads, torch "
+          f"{torch.__version__}")
+    print(f"time per epoch, median of {args.repeats}: hand-written loop {a:.2f}s, Learner "
+          f"{b:.2f}s, ratio {b / a:.3f} (target <= 1.05)")
+
+
+if __name__ == "__main__":
+    main()
