@@ -10,6 +10,8 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from convscope import defaults
+
 
 class UserError(Exception):
     """A problem with what the user asked for, printed as one line without a traceback."""
@@ -55,9 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="image folders: leave out unreadable files instead of stopping")
     t.add_argument("--augment", action="store_true",
                    help="random crops and flips of training batches (for photos, not digits)")
-    t.add_argument("--epochs", type=non_negative_int, default=5, help="default: 5")
-    t.add_argument("--lr", type=positive_float, default=1e-2, help="peak lr (default: 0.01)")
-    t.add_argument("--bs", type=positive_int, default=512, help="batch size (default: 512)")
+    t.add_argument("--epochs", type=non_negative_int, default=defaults.EPOCHS,
+                   help=f"default: {defaults.EPOCHS}")
+    t.add_argument("--lr", type=positive_float, default=defaults.LR,
+                   help=f"peak lr (default: {defaults.LR})")
+    t.add_argument("--bs", type=positive_int, default=defaults.BS,
+                   help=f"batch size (default: {defaults.BS})")
     t.add_argument("--seed", type=non_negative_int, default=0, help="default: 0")
     t.add_argument("--out", metavar="DIR", default="runs/latest",
                    help="run folder (default: runs/latest)")
@@ -112,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "an exponential lr sweep from --start-lr to --end-lr over --num-it "
                        "batches; print the suggestions and draw lr_find.png.")
     f.add_argument("--data", metavar="DIR", help="as for train (default: MNIST)")
-    f.add_argument("--bs", type=positive_int, default=512, help="batch size (default: 512)")
+    f.add_argument("--bs", type=positive_int, default=defaults.BS,
+                   help=f"batch size (default: {defaults.BS})")
     f.add_argument("--seed", type=non_negative_int, default=0, help="default: 0")
     f.add_argument("--size", type=positive_int, default=28, help="image folders (default: 28)")
     f.add_argument("--subset", type=positive_int, metavar="N", help="use N training images")

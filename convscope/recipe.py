@@ -25,14 +25,10 @@ from pathlib import Path
 
 import torch
 
+from convscope import defaults
 from convscope.data import DataLoaders, ImageData, atomic_write_bytes, idx_folder, mnist
 from convscope.learner import Learner
 from convscope.models import simple_cnn
-
-# The default recipe: the book's model with batchnorm, AdamW, 1cycle at lr 1e-2, bs 512.
-DEFAULT_EPOCHS = 5
-DEFAULT_LR = 1e-2
-DEFAULT_BS = 512
 
 
 @dataclass(frozen=True)
@@ -62,9 +58,9 @@ class TrainConfig:
     """
 
     data: str | None = None
-    epochs: int = DEFAULT_EPOCHS
-    lr: float = DEFAULT_LR
-    bs: int = DEFAULT_BS
+    epochs: int = defaults.EPOCHS
+    lr: float = defaults.LR
+    bs: int = defaults.BS
     seed: int = 0
     out: str = "runs/latest"
     device: str = "cpu"
@@ -276,7 +272,6 @@ def _run(cfg: TrainConfig, log, resume: bool, info) -> TrainResult:
         log(f"resuming from {checkpoint}: epoch {pos['epoch']}, batch {pos['batch']}")
     elif main:
         atomic_write_bytes(run_dir / "config.json", json.dumps(asdict(cfg), indent=2).encode())
-        learn.dls.show_batch(save=run_dir / "show_batch.png")
     start = time.perf_counter()
     learn.fit_one_cycle(cfg.epochs, cfg.lr, resume=checkpoint if resume else None)
     seconds = time.perf_counter() - start
@@ -295,6 +290,8 @@ def _run(cfg: TrainConfig, log, resume: bool, info) -> TrainResult:
     stats = getattr(learn, "activation_stats", None)
     if stats is not None:
         stats.save(run_dir / "activation_stats.safetensors")
+    # drawn after training: importing matplotlib and rendering would delay the first batch
+    learn.dls.show_batch(save=run_dir / "show_batch.png")
     if values:
         plots.plot_loss(learn.recorder, save=run_dir / "loss.png")
         plots.plot_sched(learn.recorder, save=run_dir / "sched.png")
