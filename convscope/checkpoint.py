@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from convscope.files import read_safetensors
+
 FORMAT = "convscope.checkpoint"
 VERSION = 1
 
@@ -68,7 +70,7 @@ def save_checkpoint(learn, path: str | Path, position: Position,
     """
     from safetensors.torch import save
 
-    from convscope.data import atomic_write_bytes
+    from convscope.files import atomic_write_bytes
 
     path = Path(path)
     tensors = {f"model.{k}": v.detach().cpu().contiguous()
@@ -103,23 +105,8 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict]:
     Raises:
         ValueError: missing, truncated, corrupt, foreign or of a newer format version.
     """
-    from safetensors import safe_open
-
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"Checkpoint not found. Received: {str(path)!r}.")
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("format") != FORMAT:
-                raise ValueError(f"{path}: not a convscope checkpoint (its metadata names "
-                                 f"format {meta.get('format')!r}, expected {FORMAT!r}).")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-    except ValueError:
-        raise
-    except Exception as e:  # safetensors raises its own error types for damaged files
-        raise ValueError(f"{path}: cannot be read as a checkpoint (truncated or corrupt?): "
-                         f"{e}") from None
+    tensors, meta = read_safetensors(path, FORMAT, "a convscope checkpoint")
     if int(meta.get("version", 0)) > VERSION:
         raise ValueError(f"{path}: checkpoint format version {meta['version']} is newer than "
                          f"this convscope reads ({VERSION}). Upgrade convscope.")

@@ -166,7 +166,8 @@ def _kernel(args: argparse.Namespace) -> int:
 
     from convscope import plots
     from convscope.conv import KERNELS, conv2d_matmul, kernel
-    from convscope.data import atomic_write_bytes, load_image, mnist
+    from convscope.data import load_image, mnist
+    from convscope.files import atomic_write_bytes
 
     k = kernel(args.kernel)  # raises with the list of names
     if args.image:

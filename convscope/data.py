@@ -15,7 +15,6 @@ import hashlib
 import math
 import os
 import struct
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -25,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
+
+from convscope.files import atomic_write_bytes
 
 # dtype code (third byte of the magic number) -> (numpy big-endian dtype, name)
 IDX_DTYPES = {
@@ -334,24 +335,6 @@ def mnist(path: str | Path | None = None, download: bool = True) -> ImageData:
         f"({', '.join(MNIST_FILES.values())}, raw or .gz) in a folder and pass it as "
         "`--data DIR`, `mnist(path)` or $CONVSCOPE_DATA."
     )
-
-
-def atomic_write_bytes(path: str | Path, payload: bytes) -> None:
-    """Write a file so that it is either complete or absent: temp file, fsync, rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; give the mode a plain open() would
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class DataLoader:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 
 from convscope.data import ImageData, cache_dir
+from convscope.files import atomic_write, atomic_write_bytes
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 VALID_NAMES = ("valid", "val", "test")
@@ -106,19 +106,6 @@ def _cache_key(files: list[Path], size: int, mode: str, skip_bad: bool) -> str:
     return h.hexdigest()[:32]
 
 
-def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def decode_all(files: list[Path], size: int, mode: str, skip_bad: bool = False,
                cache: Path | None = None) -> tuple[np.ndarray, list[int], list[str]]:
     """Decode `files` into one uint8 array (N, C, size, size), through the cache.
@@ -150,9 +137,7 @@ def decode_all(files: list[Path], size: int, mode: str, skip_bad: bool = False,
     x = np.ascontiguousarray(x)
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
-        _save_npy_atomic(x_path, x)
-        from convscope.data import atomic_write_bytes
-
+        atomic_write(x_path, lambda f: np.save(f, x))
         atomic_write_bytes(meta_path, json.dumps({"kept": kept, "bad": bad}).encode())
         x = np.load(x_path, mmap_mode="r")
     return x, kept, bad

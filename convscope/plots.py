@@ -12,7 +12,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from convscope.data import atomic_write_bytes
+from convscope.files import atomic_write_bytes
 
 
 def save_figure(fig: Figure, path: str | Path | None, dpi: int = 100) -> Figure:

@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 
 from convscope import defaults
-from convscope.data import DataLoaders, ImageData, atomic_write_bytes, idx_folder, mnist
+from convscope.data import DataLoaders, ImageData, idx_folder, mnist
+from convscope.files import atomic_write_bytes
 from convscope.learner import Learner
 from convscope.models import simple_cnn
 

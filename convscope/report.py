@@ -18,8 +18,8 @@ from pathlib import Path
 
 from convscope.callbacks.activation_stats import ActivationStats
 from convscope.callbacks.recorder import History
-from convscope.data import atomic_write_bytes
 from convscope.diagnosis import Finding, diagnose
+from convscope.files import atomic_write_bytes
 
 REQUIRED = ("config.json", "metrics.csv", "history.json")
 

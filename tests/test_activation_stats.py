@@ -162,7 +162,7 @@ def test_save_and_load_roundtrip(tmp_path):
     for a, b in zip(stats.stats + stats.hists, back.stats + back.hists, strict=True):
         assert torch.equal(a, b)
     (tmp_path / "junk").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not a header")
-    with pytest.raises(ValueError, match="junk: cannot be read as ActivationStats"):
+    with pytest.raises(ValueError, match="junk: cannot be read as an ActivationStats file"):
         ActivationStats.load(tmp_path / "junk")
 
 

@@ -97,10 +97,10 @@ def test_bad_checkpoints_get_clear_errors(tmp_path):
     (tmp_path / "garbage").write_bytes(os.urandom(4096))
     save_file({"w": torch.zeros(3)}, str(tmp_path / "foreign"))
     cases = {
-        "trunc": "cannot be read as a checkpoint",
-        "garbage": "cannot be read as a checkpoint",
-        "foreign": "not a convscope checkpoint",
-        "missing": "Checkpoint not found",
+        "trunc": "trunc: cannot be read as a convscope checkpoint",
+        "garbage": "garbage: cannot be read as a convscope checkpoint",
+        "foreign": "foreign: not a convscope checkpoint",
+        "missing": r"No such file: .*missing' \(expected a convscope checkpoint\)",
     }
     for name, message in cases.items():
         with pytest.raises(ValueError, match=message):

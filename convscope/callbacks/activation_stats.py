@@ -261,7 +261,7 @@ class ActivationStats(Callback):
         """Write the recorded data as safetensors (no pickle), atomically."""
         from safetensors.torch import save
 
-        from convscope.data import atomic_write_bytes
+        from convscope.files import atomic_write_bytes
 
         tensors = {"batches": torch.tensor(self.batches, dtype=torch.int64)}
         for i in range(len(self.layer_names)):
@@ -276,21 +276,9 @@ class ActivationStats(Callback):
     @classmethod
     def load(cls, path: str | Path) -> ActivationStats:
         """Read data written by `save` (for plots and diagnosis without a learner)."""
-        from safetensors import safe_open
+        from convscope.files import read_safetensors
 
-        try:
-            with safe_open(str(path), "pt") as f:
-                meta = f.metadata() or {}
-                if meta.get("format") != FORMAT:
-                    raise ValueError(f"{path}: not an ActivationStats file (format "
-                                     f"{meta.get('format')!r}, expected {FORMAT!r}).")
-                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-        except (OSError, RuntimeError) as e:
-            raise ValueError(f"{path}: cannot be read as ActivationStats: {e}") from None
-        except Exception as e:  # safetensors raises its own error type for a bad header
-            if isinstance(e, ValueError):
-                raise
-            raise ValueError(f"{path}: cannot be read as ActivationStats: {e}") from None
+        tensors, meta = read_safetensors(path, FORMAT, "an ActivationStats file")
         obj = cls(every=int(meta["every"]), bins=int(meta["bins"]),
                   hist_max=float(meta["hist_max"]), zero_thresh=float(meta["zero_thresh"]),
                   sample=json.loads(meta["sample"]))

@@ -30,7 +30,7 @@ class History:
     values: list[dict[str, float]] = field(default_factory=list)
 
     def save(self, path: str | Path) -> None:
-        from convscope.data import atomic_write_bytes
+        from convscope.files import atomic_write_bytes
 
         # NaN and inf are kept (as JSON's NaN/Infinity) since a diverged loss is the point
         atomic_write_bytes(path, json.dumps(self.__dict__).encode())

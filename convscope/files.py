@@ -1,0 +1,67 @@
+"""Files: written so they are complete or absent, and read without trusting their content.
+
+Every file convscope writes goes through `atomic_write` (temp file in the same folder, fsync,
+rename), so a crash never leaves half a file. Every safetensors file it reads goes through
+`read_safetensors`, which checks the format named in its metadata and turns any damage into a
+ValueError that names the file. Nothing here unpickles.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write a file through `write(f)` so that it is either complete or absent: temp file in
+    the same folder, fsync, rename. The file gets the mode a plain open() would give."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | Path, payload: bytes) -> None:
+    """`atomic_write` of a bytes payload."""
+    atomic_write(path, lambda f: f.write(payload))
+
+
+def read_safetensors(path: str | Path, fmt: str, what: str) -> tuple[dict, dict[str, str]]:
+    """The tensors and metadata of a safetensors file whose metadata names format `fmt`.
+
+    Args:
+        what: what the file should be, for messages ("a checkpoint").
+    Raises:
+        ValueError: missing, truncated, corrupt, or of another format.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"No such file: {str(path)!r} (expected {what}).")
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != fmt:
+                raise ValueError(f"{path}: not {what} (its metadata names format "
+                                 f"{meta.get('format')!r}, expected {fmt!r}).")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    except ValueError:
+        raise
+    except Exception as e:  # safetensors raises its own error types for damaged files
+        raise ValueError(f"{path}: cannot be read as {what} (truncated or corrupt?): "
+                         f"{e}") from None
+    return tensors, meta
