@@ -1,5 +1,6 @@
 import csv
 import json
+import re
 import subprocess
 import sys
 
@@ -167,3 +168,33 @@ def test_help_does_not_import_torch():
             "print(sorted(m for m in ('torch', 'matplotlib') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.stdout.strip().endswith("[]"), proc.stdout + proc.stderr
+
+
+def test_progress_bar_on_a_terminal(tmp_path):
+    """On a terminal the live bar runs (rich) and the table rows still print above it."""
+    import os
+    import pty
+    import select
+
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "convscope", "train", "--subset", "640",
+                             "--bs", "64", "--epochs", "2", "--no-stats", "--out",
+                             str(tmp_path / "run")], stdout=secondary, stderr=secondary)
+    os.close(secondary)
+    chunks = []
+    while True:
+        ready, _, _ = select.select([primary], [], [], 120)
+        if not ready:
+            break
+        try:
+            data = os.read(primary, 65536)
+        except OSError:  # the terminal closed when the process ended
+            break
+        if not data:
+            break
+        chunks.append(data)
+    assert proc.wait(timeout=120) == 0
+    out = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode(errors="replace"))
+    assert "train 0" in out and "valid 1" in out  # the bar's task names
+    rows = [ln for ln in out.replace("\r", "\n").splitlines() if ln.startswith(("0  ", "1  "))]
+    assert len(rows) == 2 and rows[-1].split()[-1].endswith("s")
