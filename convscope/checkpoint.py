@@ -38,8 +38,10 @@ class Position:
     n_epoch: int
 
 
-def _rng_state(dl_generator_state: torch.Tensor) -> tuple[dict, dict]:
-    tensors = {"rng.torch": torch.get_rng_state(), "rng.loader": dl_generator_state}
+def capture_rng(loader_state: torch.Tensor) -> tuple[dict, dict]:
+    """Every random state training draws from: torch's (CPU and CUDA) and the data order's as
+    tensors; Python's and NumPy's as plain lists."""
+    tensors = {"rng.torch": torch.get_rng_state(), "rng.loader": loader_state}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng.cuda.{i}"] = s
@@ -49,8 +51,10 @@ def _rng_state(dl_generator_state: torch.Tensor) -> tuple[dict, dict]:
     return tensors, meta
 
 
-def _set_rng_state(tensors: dict, meta: dict) -> None:
+def restore_rng(tensors: dict, meta: dict, loader: torch.Generator) -> None:
+    """Put back what `capture_rng` took, the data order's generator `loader` included."""
     torch.set_rng_state(tensors["rng.torch"])
+    loader.set_state(tensors["rng.loader"])
     cuda = sorted(k for k in tensors if k.startswith("rng.cuda."))
     if cuda and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([tensors[k] for k in cuda])
@@ -85,7 +89,7 @@ def save_checkpoint(learn, path: str | Path, position: Position,
                 else:
                     opt_meta["extra"][f"{pid}.{k}"] = v
         opt_meta["groups"] = sd["param_groups"]
-    rng_tensors, rng_meta = _rng_state(loader_state)
+    rng_tensors, rng_meta = capture_rng(loader_state)
     tensors.update(rng_tensors)
     recorder = getattr(learn, "recorder", None)
     meta = {
@@ -165,8 +169,7 @@ def load_checkpoint(learn, path: str | Path) -> Position:
         except (ValueError, KeyError) as e:
             raise ValueError(f"{path}: the optimizer state does not fit this learner's "
                              f"optimizer: {e}") from None
-    _set_rng_state(tensors, meta["rng"])
-    learn.dls.train.generator.set_state(tensors["rng.loader"])
+    restore_rng(tensors, meta["rng"], learn.dls.train.generator)
     recorder = getattr(learn, "recorder", None)
     if recorder is not None and meta["recorder"] is not None:
         recorder.load_state(meta["recorder"])

@@ -336,9 +336,10 @@ class Learner:
         training batches, stopping once the smoothed loss passes `stop_div` times its best.
 
         Leaves no trace: weights, batchnorm statistics, optimizer state and random states
-        (torch's and the data order's) are restored afterwards, from memory, so no file can
-        collide with another run. Callbacks that observe a fit (Recorder, progress display,
-        checkpoints, ActivationStats, DivergenceGuard, schedules) sit out the sweep.
+        (torch's, Python's, NumPy's and the data order's) are restored afterwards, from memory,
+        so no file can collide with another run. Callbacks that observe a fit (Recorder,
+        progress display, checkpoints, ActivationStats, DivergenceGuard, schedules) sit out
+        the sweep.
 
         Returns:
             SuggestedLRs (valley, steep, minimum); the curve stays in `self.lr_finder`.
@@ -346,19 +347,17 @@ class Learner:
         import copy
 
         from convscope.callbacks.schedule import LRFinder, suggest_lrs
+        from convscope.checkpoint import capture_rng, restore_rng
 
         finder = LRFinder(start_lr, end_lr, num_it, stop_div)
         saved_model = copy.deepcopy(self.model.state_dict())
         saved_opt = copy.deepcopy(self.opt.state_dict()) if self.opt is not None else None
-        saved_rng = torch.get_rng_state()
-        saved_cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-        saved_loader = self.dls.train.generator.get_state()
+        saved_rng = capture_rng(self.dls.train.generator.get_state())
         saved_counters = (self.epoch, self.n_epoch, self.iter, self.n_iter, self.train_iter,
                           self.total_iters)
         benched = [cb for cb in self.cbs if not cb.run_in_lr_find]
         for cb in benched:
             self.remove_cb(cb)
-        had_opt = self.opt is not None
         try:
             epochs = -(-num_it // len(self.dls.train))
             self.fit(epochs, lr=start_lr, cbs=[finder])
@@ -366,12 +365,9 @@ class Learner:
             self.model.load_state_dict(saved_model)
             if saved_opt is not None:
                 self.opt.load_state_dict(saved_opt)  # type: ignore[union-attr]
-            elif not had_opt:
+            else:
                 self.opt = None
-            torch.set_rng_state(saved_rng)
-            if saved_cuda is not None:
-                torch.cuda.set_rng_state_all(saved_cuda)
-            self.dls.train.generator.set_state(saved_loader)
+            restore_rng(*saved_rng, self.dls.train.generator)
             (self.epoch, self.n_epoch, self.iter, self.n_iter, self.train_iter,
              self.total_iters) = saved_counters
             for cb in benched:

@@ -1,7 +1,9 @@
 import copy
 import math
 import os
+import random
 
+import numpy as np
 import pytest
 import torch
 from conftest import stripes
@@ -26,6 +28,7 @@ def test_lr_find_has_no_side_effects(tmp_path, monkeypatch):
     opt = copy.deepcopy(learn.opt.state_dict())
     history = learn.recorder.history()
     rng, loader = torch.get_rng_state(), learn.dls.train.generator.get_state()
+    py_state, np_state = random.getstate(), np.random.get_state()
     monkeypatch.chdir(tmp_path)
     before = set(os.listdir(tmp_path))
 
@@ -41,6 +44,8 @@ def test_lr_find_has_no_side_effects(tmp_path, monkeypatch):
     assert after["param_groups"] == opt["param_groups"]
     assert torch.equal(torch.get_rng_state(), rng)
     assert torch.equal(learn.dls.train.generator.get_state(), loader)
+    assert random.getstate() == py_state
+    assert np.array_equal(np.random.get_state()[1], np_state[1])
     assert learn.recorder.history() == history
     assert [c.name for c in learn.cbs] == ["recorder", "divergence_guard"]
 
