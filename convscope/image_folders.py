@@ -39,14 +39,22 @@ def _class_folders(root: Path) -> dict[str, list[Path]]:
             and not d.name.startswith(".")}
 
 
+def valid_dir(root: Path) -> Path | None:
+    """The folder's own valid split (DIR/valid, val or test beside DIR/train), if it has one.
+    Looks at folder names only: no scan of the images."""
+    if not (root / "train").is_dir():
+        return None
+    return next((root / n for n in VALID_NAMES if (root / n).is_dir()), None)
+
+
 def find_layout(root: Path) -> tuple[dict[str, list[Path]], dict[str, list[Path]] | None]:
     """The class -> files maps of the train split and, when the folder has one, the valid
     split. Raises ValueError for a folder with no class folders or no images."""
     if not root.is_dir():
         raise ValueError(f"Image folder not found. Received: {str(root)!r}.")
-    valid_dir = next((root / n for n in VALID_NAMES if (root / n).is_dir()), None)
-    if (root / "train").is_dir() and valid_dir is not None:
-        train, valid = _class_folders(root / "train"), _class_folders(valid_dir)
+    valid_folder = valid_dir(root)
+    if valid_folder is not None:
+        train, valid = _class_folders(root / "train"), _class_folders(valid_folder)
     else:
         train, valid = _class_folders(root), None
     if not train:
@@ -62,7 +70,7 @@ def find_layout(root: Path) -> tuple[dict[str, list[Path]], dict[str, list[Path]
     if valid is not None:
         unknown = sorted(set(valid) - set(train))
         if unknown:
-            raise ValueError(f"{valid_dir}: classes {unknown} are not among the training "
+            raise ValueError(f"{valid_folder}: classes {unknown} are not among the training "
                              f"classes {sorted(train)}.")
     return train, valid
 
@@ -184,13 +192,9 @@ def image_folder(path: str | Path, size: int = 28, valid_pct: float = 0.2, seed:
     if valid is not None:
         t, v = torch.from_numpy(is_train), torch.from_numpy(~is_train)
         data = ImageData(x_all[t], y_all[t], x_all[v], y_all[v], classes, str(root))
-    else:
-        g = torch.Generator().manual_seed(seed)
-        perm = torch.randperm(len(y_all), generator=g)
-        n_valid = max(1, int(round(valid_pct * len(perm))))
-        iv, it = perm[:n_valid], perm[n_valid:]
-        data = ImageData(x_all[it], y_all[it], x_all[iv], y_all[iv], classes,
-                         f"{root} (random {valid_pct:.0%} valid, seed {seed})")
+    else:  # one pool of images: hold out a seeded random share as the valid set
+        data = ImageData(x_all, y_all, x_all[:0], y_all[:0], classes, str(root))
+        data = data.split(valid_pct, seed=seed)
     if len(data.y_train) == 0 or len(data.y_valid) == 0:
         raise ValueError(f"{root}: after the split, train has {len(data.y_train)} and valid "
                          f"{len(data.y_valid)} images; both need at least one.")

@@ -128,14 +128,14 @@ def load_data(cfg: TrainConfig) -> ImageData:
     An image folder without a valid split is split by valid_pct (default 0.2); any other
     dataset holds out valid_pct of its training set only when valid_pct is given."""
     from convscope.data import missing_idx_files
-    from convscope.image_folders import find_layout, image_folder, is_image_folder
+    from convscope.image_folders import image_folder, is_image_folder, valid_dir
 
     if cfg.data is None:
         data = mnist()
     elif not missing_idx_files(cfg.data):
         data = idx_folder(cfg.data)
     elif is_image_folder(cfg.data):
-        has_valid = find_layout(Path(cfg.data))[1] is not None
+        has_valid = valid_dir(Path(cfg.data)) is not None
         data = image_folder(cfg.data, size=cfg.size, valid_pct=cfg.valid_pct or 0.2,
                             seed=cfg.seed, skip_bad=cfg.skip_bad)
         if has_valid and cfg.valid_pct:
