@@ -425,10 +425,15 @@ class DataLoader:
             yield self.normalize(xb), yb
 
     def one_batch(self) -> tuple[Tensor, Tensor]:
-        """The first batch, without advancing the shuffling generator."""
+        """The first batch, leaving the loader as it was: the shuffling generator is not
+        advanced and `epoch_state` (what a mid-epoch checkpoint resumes from) is kept, so this
+        is safe to call from a callback during training."""
         state = self.generator.get_state()
+        epoch_state = getattr(self, "epoch_state", None)
         batch = next(iter(self))
         self.generator.set_state(state)
+        if epoch_state is not None:
+            self.epoch_state = epoch_state
         return batch
 
 

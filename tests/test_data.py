@@ -229,6 +229,15 @@ def test_one_batch_does_not_advance_the_shuffle(toy):
     assert torch.equal(first, next(iter(dl))[1])
 
 
+def test_one_batch_keeps_the_epoch_state_checkpoints_resume_from(toy):
+    dl = DataLoaders.from_data(toy, bs=32).train
+    batches = dl.batches()
+    next(batches)  # an epoch under way
+    during_epoch = dl.epoch_state.clone()
+    dl.one_batch()  # e.g. show_batch from a callback
+    assert torch.equal(dl.epoch_state, during_epoch)
+
+
 def test_show_batch_returns_figure_and_writes_png(toy, tmp_path):
     fig = DataLoaders.from_data(toy, bs=32).show_batch(6, save=tmp_path / "b.png")
     assert len([ax for ax in fig.axes if ax.images]) == 6
