@@ -51,9 +51,11 @@ _WHERE = {
     "CancelFitException": "convscope.learner",
     "Learner": "convscope.learner",
     "accuracy": "convscope.learner",
-    "adamw": "convscope.learner",
-    "sgd": "convscope.learner",
     "simple_cnn": "convscope.models",
+    "SGD": "convscope.optimizers",
+    "AdamW": "convscope.optimizers",
+    "adamw": "convscope.optimizers",
+    "sgd": "convscope.optimizers",
     "color_dim": "convscope.plots",
     "dead_chart": "convscope.plots",
     "plot_layer_stats": "convscope.plots",
@@ -113,11 +115,10 @@ if TYPE_CHECKING:  # what type checkers and editors see
         CancelFitException,
         Learner,
         accuracy,
-        adamw,
-        sgd,
     )
     from convscope.model_summary import summary
     from convscope.models import simple_cnn
+    from convscope.optimizers import SGD, AdamW, adamw, sgd
     from convscope.plots import color_dim, dead_chart, plot_layer_stats
     from convscope.recipe import TrainConfig, run_training
     from convscope.report import build_report

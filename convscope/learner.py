@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from convscope.data import DataLoader, DataLoaders
+from convscope.optimizers import adamw
 
 EVENTS = (
     "before_fit", "before_epoch", "before_train", "before_batch", "after_pred", "after_loss",
@@ -101,16 +102,6 @@ class Callback:
 def accuracy(pred: Tensor, targ: Tensor) -> Tensor:
     """Share of rows whose largest logit is the target class; pred (N, C), targ (N,)."""
     return (pred.argmax(dim=1) == targ).float().mean()
-
-
-def adamw(params: Iterable, lr: float) -> torch.optim.Optimizer:
-    """AdamW with fastai's defaults: betas (0.9, 0.99), eps 1e-5, weight decay 0.01."""
-    return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), eps=1e-5, weight_decay=0.01)
-
-
-def sgd(params: Iterable, lr: float, momentum: float = 0.9) -> torch.optim.Optimizer:
-    """SGD with momentum, the optimizer of the 1cycle paper."""
-    return torch.optim.SGD(params, lr=lr, momentum=momentum)
 
 
 class Learner:

@@ -16,8 +16,9 @@ from convscope.checkpoint import read_checkpoint
 from convscope.cli import main
 from convscope.data import DataLoaders
 from convscope.errors import TrainingDivergedError
-from convscope.learner import Callback, CancelFitException, Learner, sgd
+from convscope.learner import Callback, CancelFitException, Learner
 from convscope.models import simple_cnn
+from convscope.optimizers import sgd
 
 WORKER = Path(__file__).parent / "kill_worker.py"
 

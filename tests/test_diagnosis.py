@@ -8,8 +8,9 @@ from convscope.callbacks.recorder import History
 from convscope.callbacks.schedule import ParamScheduler
 from convscope.data import DataLoaders, mnist
 from convscope.diagnosis import Finding, Thresholds, diagnose
-from convscope.learner import Learner, sgd
+from convscope.learner import Learner
 from convscope.models import simple_cnn
+from convscope.optimizers import sgd
 
 
 @pytest.fixture(scope="module")

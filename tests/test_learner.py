@@ -14,9 +14,9 @@ from convscope.learner import (
     CancelEpochException,
     CancelFitException,
     Learner,
-    sgd,
 )
 from convscope.models import simple_cnn
+from convscope.optimizers import sgd
 
 
 def make_learner(data=None, bs=64, **kwargs) -> Learner:

@@ -11,8 +11,9 @@ from conftest import stripes
 from convscope.callbacks.schedule import suggest_lrs
 from convscope.cli import main
 from convscope.data import DataLoaders
-from convscope.learner import Learner, sgd
+from convscope.learner import Learner
 from convscope.models import simple_cnn
+from convscope.optimizers import sgd
 
 
 def learner(bn=True, **kw) -> Learner:
