@@ -23,9 +23,13 @@ class DivergenceGuard(Callback):
     order = -20
     run_in_lr_find = False
 
+    def before_fit(self) -> None:
+        # listed once: walking the module tree every batch cost 0.2 ms per batch
+        self.params = list(self.learn.model.parameters())
+
     def after_backward(self) -> None:
         learn = self.learn
-        grads = [p.grad for p in learn.model.parameters() if p.grad is not None]
+        grads = [p.grad for p in self.params if p.grad is not None]
         loss = learn.loss.detach()
         grad_norm = (torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False)
                      if grads else torch.zeros((), device=loss.device))
