@@ -12,7 +12,7 @@ fastai lives in its own venv, made by this script: bench/.venv-fastai with torch
 torchvision==0.29.1, then fastai (about 6 GB). It is never a dependency of convscope. If the
 venv cannot be made, fastai is skipped with a message and convscope's side still runs.
 
-    .venv/bin/python bench/vs_fastai.py [--repeats 1] [--epochs 5] [--lr 0.1]
+    .venv/bin/python bench/vs_fastai.py [--repeats 1] [--epochs 5] [--lr 0.1] [--modes tensor]
 """
 
 from __future__ import annotations
@@ -93,9 +93,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--bs", type=int, default=512)
+    parser.add_argument("--modes", nargs="+", choices=("tensor", "png"), default=["tensor", "png"],
+                        help="which fastai pipelines to run (png: the book's, about 3 min)")
     args = parser.parse_args()
     fastai_python = ensure_fastai()
-    png = ensure_pngs() if fastai_python else None
+    png = ensure_pngs() if fastai_python and "png" in args.modes else None
     from convscope.data import EMBEDDED_MNIST
 
     ours: list[dict] = []
@@ -106,6 +108,8 @@ def main() -> None:
         print(f"repeat {i} convscope:     {json.dumps(ours[-1])}", flush=True)
         if fastai_python:
             for mode, path in (("tensor", EMBEDDED_MNIST), ("png", png)):
+                if mode not in args.modes:
+                    continue
                 theirs[mode].append(run_side([str(fastai_python), str(HERE / "_fastai_side.py"),
                                               mode, str(path), str(args.epochs), str(args.lr),
                                               str(args.bs)]))

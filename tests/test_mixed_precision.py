@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 import torch
 from conftest import stripes
@@ -44,21 +46,47 @@ def test_bf16_on_cpu_runs_convs_in_bf16_and_learns():
     assert "backward" not in vars(learn) and not torch.is_autocast_enabled("cpu")
 
 
-def test_fp16_needs_cuda():
-    with pytest.raises(ValueError, match="fp16 mixed precision needs a CUDA device"):
-        learner([MixedPrecision("fp16")]).fit(1)
+def test_unknown_dtype_is_refused():
     with pytest.raises(ValueError, match=r"Unknown mixed precision dtype. Received: 'fp8'"):
         MixedPrecision("fp8")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 with a grad scaler needs CUDA")
-def test_fp16_on_cuda_uses_a_grad_scaler():
-    seen = Dtypes()
-    learn = learner([MixedPrecision("fp16"), seen], device="cuda")
-    learn.fit(2, lr=1e-2)
+class Steps(Callback):
+    """Notes the loss scale before each step and whether the step changed the weights."""
+
+    order = 60  # after MixedPrecision
+
+    def before_fit(self):
+        self.scales, self.moved = [], []
+
+    def after_backward(self):
+        self.scales.append(self.learn.grad_scaler.get_scale())
+        self.before = [p.detach().clone() for p in self.learn.model.parameters()]
+
+    def after_step(self):
+        self.moved.append(any(not torch.equal(a, p) for a, p in
+                              zip(self.before, self.learn.model.parameters(), strict=True)))
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device"))])
+def test_fp16_scaler_skips_overflowing_steps_and_learns(device):
+    """A loss scale of 2**30 overflows fp16 gradients: those steps are skipped (weights
+    untouched, no divergence error) and the scale halves until steps go through."""
+    seen, steps = Dtypes(), Steps()
+    learn = learner([MixedPrecision("fp16", init_scale=2.0**30), seen, steps], device=device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        learn.fit(3, lr=1e-2)
+    assert any("fp16 mixed precision on cpu" in str(w.message) for w in caught) == (
+        device == "cpu")
     assert set(seen.conv) == {torch.float16}
+    assert all(p.dtype == torch.float32 for p in learn.model.parameters())
+    skipped = steps.moved.index(True)
+    assert skipped > 0 and not any(steps.moved[:skipped]) and all(steps.moved[skipped:])
+    assert steps.scales[: skipped + 1] == [2.0**30 / 2**i for i in range(skipped + 1)]
     assert learn.recorder.values[-1]["accuracy"] > 0.9
-    assert "grad_scaler" not in vars(learn)
+    assert "grad_scaler" not in vars(learn) and "backward" not in vars(learn)
 
 
 def test_cli_precision(tmp_path, capsys):
