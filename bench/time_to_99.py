@@ -37,7 +37,8 @@ def main() -> None:
         results.append((seconds, accs[-1]))
         print(f"seed {seed}: {seconds:.1f}s of training, accuracy by epoch "
               f"{' '.join(f'{a:.4f}' for a in accs)}; 99.0% "
-              + (f"first reached after epoch {first}" if first is not None else "not reached"),
+              + (f"first reached after epoch {first + 1} of {len(accs)}" if first is not None
+                 else "not reached"),
               flush=True)
     worst = min(a for _, a in results)
     slowest = max(s for s, _ in results)
