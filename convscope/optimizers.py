@@ -35,13 +35,26 @@ class _Optimizer(torch.optim.Optimizer):
     load_state_dict = _unwrapped(torch.optim.Optimizer.load_state_dict)
     zero_grad = _unwrapped(torch.optim.Optimizer.zero_grad)
 
-    def _with_grads(self, group: dict) -> tuple[list[Tensor], list[Tensor]]:
-        params = [p for p in group["params"] if p.grad is not None]
-        for p in params:
-            if p.grad.is_sparse:
-                raise ValueError(f"{type(self).__name__} does not take sparse gradients; "
-                                 f"received one for a parameter of shape {tuple(p.shape)}.")
-        return params, [p.grad for p in params]
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
+        """One update of every parameter that has a gradient."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            for p in params:
+                if p.grad.is_sparse:
+                    raise ValueError(f"{type(self).__name__} does not take sparse gradients; "
+                                     f"received one for a parameter of shape {tuple(p.shape)}.")
+            if params:
+                self._update(group, params, [p.grad for p in params])
+        return loss
+
+    def _update(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> None:
+        """Update `params` (those of `group` that have a gradient) from their `grads`."""
+        raise NotImplementedError
 
 
 class SGD(_Optimizer):
@@ -58,35 +71,24 @@ class SGD(_Optimizer):
                              f"momentum={momentum}, weight_decay={weight_decay}.")
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
-        """One update of every parameter that has a gradient."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params, grads = self._with_grads(group)
-            if not params:
-                continue
-            lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
-            if wd:
-                grads = torch._foreach_add(grads, params, alpha=wd)
-            if momentum:
-                bufs, olds = [], []
-                for p, g in zip(params, grads, strict=True):
-                    state = self.state[p]
-                    if "momentum_buffer" in state:
-                        bufs.append(state["momentum_buffer"])
-                        olds.append(g)
-                    else:  # torch starts the buffer at the first gradient
-                        state["momentum_buffer"] = g.detach().clone()
-                if bufs:
-                    torch._foreach_mul_(bufs, momentum)
-                    torch._foreach_add_(bufs, olds)
-                grads = [self.state[p]["momentum_buffer"] for p in params]
-            torch._foreach_add_(params, grads, alpha=-lr)
-        return loss
+    def _update(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> None:
+        lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
+        if wd:
+            grads = torch._foreach_add(grads, params, alpha=wd)
+        if momentum:
+            bufs, olds = [], []
+            for p, g in zip(params, grads, strict=True):
+                state = self.state[p]
+                if "momentum_buffer" in state:
+                    bufs.append(state["momentum_buffer"])
+                    olds.append(g)
+                else:  # torch starts the buffer at the first gradient
+                    state["momentum_buffer"] = g.detach().clone()
+            if bufs:
+                torch._foreach_mul_(bufs, momentum)
+                torch._foreach_add_(bufs, olds)
+            grads = [self.state[p]["momentum_buffer"] for p in params]
+        torch._foreach_add_(params, grads, alpha=-lr)
 
 
 class AdamW(_Optimizer):
@@ -106,42 +108,31 @@ class AdamW(_Optimizer):
                              f"weight_decay={weight_decay}.")
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
-        """One update of every parameter that has a gradient."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params, grads = self._with_grads(group)
-            if not params:
-                continue
-            lr, (beta1, beta2), eps, wd = (group["lr"], group["betas"], group["eps"],
-                                            group["weight_decay"])
-            for p in params:
-                if not self.state[p]:
-                    # the step count lives on the CPU as torch keeps it: reading it is free
-                    zeros = partial(torch.zeros_like, memory_format=torch.preserve_format)
-                    self.state[p].update(step=torch.tensor(0.0), exp_avg=zeros(p),
-                                         exp_avg_sq=zeros(p))
-            states = [self.state[p] for p in params]
-            steps = [s["step"] for s in states]
-            exp_avgs = [s["exp_avg"] for s in states]
-            exp_avg_sqs = [s["exp_avg_sq"] for s in states]
-            torch._foreach_add_(steps, 1.0)
-            if wd:
-                torch._foreach_mul_(params, 1 - lr * wd)
-            torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
-            torch._foreach_mul_(exp_avg_sqs, beta2)
-            torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
-            counts = [s.item() for s in steps]
-            denom = torch._foreach_sqrt(exp_avg_sqs)
-            torch._foreach_div_(denom, [math.sqrt(1 - beta2**t) for t in counts])
-            torch._foreach_add_(denom, eps)
-            torch._foreach_addcdiv_(params, exp_avgs, denom,
-                                    [-lr / (1 - beta1**t) for t in counts])
-        return loss
+    def _update(self, group: dict, params: list[Tensor], grads: list[Tensor]) -> None:
+        lr, (beta1, beta2), eps, wd = (group["lr"], group["betas"], group["eps"],
+                                        group["weight_decay"])
+        for p in params:
+            if not self.state[p]:
+                # the step count lives on the CPU as torch keeps it: reading it is free
+                zeros = partial(torch.zeros_like, memory_format=torch.preserve_format)
+                self.state[p].update(step=torch.tensor(0.0), exp_avg=zeros(p),
+                                     exp_avg_sq=zeros(p))
+        states = [self.state[p] for p in params]
+        steps = [s["step"] for s in states]
+        exp_avgs = [s["exp_avg"] for s in states]
+        exp_avg_sqs = [s["exp_avg_sq"] for s in states]
+        torch._foreach_add_(steps, 1.0)
+        if wd:
+            torch._foreach_mul_(params, 1 - lr * wd)
+        torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
+        counts = [s.item() for s in steps]
+        denom = torch._foreach_sqrt(exp_avg_sqs)
+        torch._foreach_div_(denom, [math.sqrt(1 - beta2**t) for t in counts])
+        torch._foreach_add_(denom, eps)
+        torch._foreach_addcdiv_(params, exp_avgs, denom,
+                                [-lr / (1 - beta1**t) for t in counts])
 
 
 def adamw(params: Iterable, lr: float) -> AdamW:
