@@ -53,17 +53,25 @@ def test_adamw_matches_torch(weight_decay):
              hypers={"lr": [0.01 * (1 + i) for i in range(12)], "betas": betas})
 
 
-def test_adamw_state_loads_into_torch_and_back():
+@pytest.mark.parametrize("name", ["adamw", "sgd"])
+def test_state_loads_into_torch_and_back(name):
     ps, qs = twin_params()
-    ours = adamw(ps, lr=0.01)
-    ref = torch.optim.AdamW(qs, lr=0.01, betas=(0.9, 0.99), eps=1e-5, weight_decay=0.01)
+    if name == "adamw":
+        ours = adamw(ps, lr=0.01)
+        ref = torch.optim.AdamW(qs, lr=0.01, betas=(0.9, 0.99), eps=1e-5, weight_decay=0.01)
+        keys = {"step", "exp_avg", "exp_avg_sq"}
+    else:
+        ours, ref = SGD(ps, lr=0.01), torch.optim.SGD(qs, lr=0.01, momentum=0.9)
+        keys = {"momentum_buffer"}
     run_both(ours, ref, ps, qs, n_steps=3)
     # (deep copies: load_state_dict keeps the tensors it is given, and the two must not share)
-    ref.load_state_dict(copy.deepcopy(ours.state_dict()))  # convscope's state resumed by torch
-    ours.load_state_dict(copy.deepcopy(ref.state_dict()))
+    if name == "adamw":  # torch's SGD wants its own group keys (dampening, nesterov, ...)
+        ref.load_state_dict(copy.deepcopy(ours.state_dict()))  # ours resumed by torch
+    ours.load_state_dict(copy.deepcopy(ref.state_dict()))  # torch's resumed by ours
     run_both(ours, ref, ps, qs, n_steps=4)
-    assert set(ours.state[ps[0]]) == {"step", "exp_avg", "exp_avg_sq"}
-    assert ours.state[ps[0]]["step"].item() == 7
+    assert set(ours.state[ps[0]]) == keys
+    if name == "adamw":
+        assert ours.state[ps[0]]["step"].item() == 7
 
 
 def test_torch_schedulers_accept_them():
