@@ -287,12 +287,20 @@ def _without_nproc(argv: list[str]) -> list[str]:
 
 
 def _torchrun(nproc: int, argv: list[str]) -> int:
-    """Start `nproc` processes of `convscope <argv>` with torchrun, on this machine."""
+    """Start `nproc` processes of `convscope <argv>` with torchrun, on this machine.
+
+    Each process gets an equal share of the cores as its thread count (torchrun would give
+    each one thread), unless OMP_NUM_THREADS is set: every core busy, none oversubscribed.
+    """
+    import os
     import subprocess
 
+    env = dict(os.environ)
+    if "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // nproc))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc-per-node={nproc}", "-m", "convscope", *_without_nproc(argv)]
-    return subprocess.call(cmd)
+    return subprocess.call(cmd, env=env)
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -261,7 +261,8 @@ def _run(cfg: TrainConfig, log, resume: bool, info) -> TrainResult:
     for bad in data.skipped:
         log(f"skipped: {bad}")
     if info is not None:
-        log(f"distributed: {info.world_size} processes; each trains on its shard of the batches")
+        log(f"distributed: {info.world_size} processes of {torch.get_num_threads()} thread(s) "
+            f"each, training on its shard of the batches")
     learn = make_learner(data, cfg, progress=main, stats=cfg.stats and main)
     if info is not None:
         learn.add_cb(Distributed(info, sync_bn=cfg.sync_bn))
