@@ -12,8 +12,8 @@ imported = time.perf_counter() - start
 
 
 def main() -> None:
-    epochs, lr, bs = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
-    dls = DataLoaders.from_data(mnist(), bs=bs)
+    epochs, lr, bs, device = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    dls = DataLoaders.from_data(mnist(), bs=bs, device=device)
     learn = Learner(dls, simple_cnn(), cbs=[ChannelsLast()], progress=False)
     fit_start = time.perf_counter()
     learn.fit_one_cycle(epochs, lr)

@@ -75,15 +75,15 @@ def tensor_dls(idx_dir: Path, bs: int) -> DataLoaders:
 
 def main() -> None:
     mode, path = sys.argv[1], Path(sys.argv[2])
-    epochs, lr, bs = int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
+    epochs, lr, bs, device = int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
     if mode == "png":
         block = DataBlock(blocks=(ImageBlock(cls=PILImageBW), CategoryBlock),
                           get_items=get_image_files, get_y=parent_label,
                           splitter=GrandparentSplitter("training", "testing"),
                           batch_tfms=Normalize())
-        dls = block.dataloaders(path, bs=bs)
+        dls = block.dataloaders(path, bs=bs, device=device)
     else:
-        dls = tensor_dls(path, bs)
+        dls = tensor_dls(path, bs).to(device)
     model = nn.Sequential(conv(1, 8, ks=5), conv(8, 16), conv(16, 32), conv(32, 64),
                           conv(64, 10, act=False), nn.Flatten())
     timer = EpochTimes()

@@ -46,7 +46,7 @@ class ParamsOnly(nn.Module):
 
 def hand_loop(dls: DataLoaders, epochs: int, lr: float, make_model=simple_cnn) -> float:
     torch.manual_seed(0)
-    model = make_model().to(memory_format=torch.channels_last)
+    model = make_model().to(dls.device, memory_format=torch.channels_last)
     opt = adamw(model.parameters(), lr=lr / 25)
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=lr, total_steps=epochs * len(dls.train), pct_start=0.25, div_factor=25,
@@ -61,7 +61,7 @@ def hand_loop(dls: DataLoaders, epochs: int, lr: float, make_model=simple_cnn) -
             opt.zero_grad(set_to_none=True)
             sched.step()
         model.eval()
-        correct = torch.zeros((), dtype=torch.long)
+        correct = torch.zeros((), dtype=torch.long, device=dls.device)
         with torch.inference_mode():
             for xb, yb in dls.valid:
                 correct += (model(xb.contiguous(memory_format=torch.channels_last)).argmax(1)
@@ -97,8 +97,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--lr", type=float, default=1e-2)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     args = parser.parse_args()
-    dls = DataLoaders.from_data(mnist(), bs=512)
+    dls = DataLoaders.from_data(mnist(), bs=512, device=args.device)
     timed(hand_loop, dls, 1, args.lr)  # warm-up
     loop, learn = [], []
     for i in range(args.repeats):

@@ -20,6 +20,7 @@ from convscope.recipe import TrainConfig, load_data, make_learner
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     args = parser.parse_args()
     base = TrainConfig()
     print(f"default recipe: simple_cnn, AdamW, fit_one_cycle({base.epochs}, {base.lr}), "
@@ -27,7 +28,7 @@ def main() -> None:
           f"{torch.get_num_threads()} threads")
     results = []
     for seed in args.seeds:
-        cfg = TrainConfig(seed=seed)
+        cfg = TrainConfig(seed=seed, device=args.device)
         learn = make_learner(load_data(cfg), cfg, progress=False)
         start = time.perf_counter()
         learn.fit_one_cycle(cfg.epochs, cfg.lr)

@@ -13,6 +13,7 @@ torchvision==0.29.1, then fastai (about 6 GB). It is never a dependency of convs
 venv cannot be made, fastai is skipped with a message and convscope's side still runs.
 
     .venv/bin/python bench/vs_fastai.py [--repeats 1] [--epochs 5] [--lr 0.1] [--modes tensor]
+        [--device cuda]
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--bs", type=int, default=512)
+    parser.add_argument("--device", default="cpu", help="both sides: cpu, cuda or cuda:N")
     parser.add_argument("--modes", nargs="+", choices=("tensor", "png"), default=["tensor", "png"],
                         help="which fastai pipelines to run (png: the book's, about 3 min)")
     args = parser.parse_args()
@@ -104,7 +106,7 @@ def main() -> None:
     theirs: dict[str, list[dict]] = {"png": [], "tensor": []}
     for i in range(args.repeats):
         ours.append(run_side([sys.executable, str(HERE / "_convscope_side.py"),
-                              str(args.epochs), str(args.lr), str(args.bs)]))
+                              str(args.epochs), str(args.lr), str(args.bs), args.device]))
         print(f"repeat {i} convscope:     {json.dumps(ours[-1])}", flush=True)
         if fastai_python:
             for mode, path in (("tensor", EMBEDDED_MNIST), ("png", png)):
@@ -112,7 +114,7 @@ def main() -> None:
                     continue
                 theirs[mode].append(run_side([str(fastai_python), str(HERE / "_fastai_side.py"),
                                               mode, str(path), str(args.epochs), str(args.lr),
-                                              str(args.bs)]))
+                                              str(args.bs), args.device]))
                 print(f"repeat {i} fastai {mode:6s}: {json.dumps(theirs[mode][-1])}", flush=True)
 
     def med(runs: list[dict], key: str) -> float:
