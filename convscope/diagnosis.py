@@ -257,8 +257,13 @@ def diagnose(learn=None, stats=None, history=None,
         raise ValueError("diagnose needs a Learner after fit, or recorded stats or history.")
     findings.sort(key=lambda f: SEVERITIES.index(f.severity))
     if not findings:
-        looked = (["the loss"] if history is not None else []) + (
-            [f"{len(stats.layer_names)} layers' activations"] if stats is not None else [])
+        looked = (["the loss"] if history is not None and history.losses else []) + (
+            [f"{len(stats.layer_names)} layers' activations"] if stats is not None
+            and stats.batches else [])
+        if not looked:  # e.g. a fit of 0 epochs: no verdict from no evidence
+            return [Finding("info", "nothing_recorded", "Nothing to diagnose: no training batch "
+                            "was recorded (0 epochs, or a fit cancelled before its first "
+                            "batch).", "")]
         findings.append(Finding("info", "healthy", "The run looks healthy: no dead, collapsing "
                                 "or exploding layers, no loss spikes, NaN or divergence, and "
                                 "valid loss in line with train loss "

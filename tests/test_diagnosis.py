@@ -120,6 +120,16 @@ def test_healthy_when_nothing_fires_and_thresholds_configurable():
     assert diagnose(stats=dead, thresholds=Thresholds(dead=0.96))[0].kind == "healthy"
 
 
+def test_no_verdict_without_a_recorded_batch():
+    """A fit of 0 epochs records nothing: it is not called healthy."""
+    torch.manual_seed(0)
+    learn = Learner(DataLoaders.from_data(mnist().subset(256, 64), bs=64), simple_cnn(),
+                    cbs=[ActivationStats()], progress=False)
+    learn.fit(0)
+    assert [f.kind for f in diagnose(learn)] == ["nothing_recorded"]
+    assert "Nothing to diagnose" in diagnose(learn)[0].message
+
+
 def test_diagnose_needs_something_to_judge():
     with pytest.raises(ValueError, match="needs a Learner after fit"):
         diagnose()
