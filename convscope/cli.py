@@ -354,8 +354,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"convscope: error: {e}" if not str(e).startswith("convscope") else str(e),
               file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("convscope: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # TrainingInterrupted says where to resume from
+        print(f"convscope: {e or 'interrupted'}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into `head` and closed: not an error of ours
         import os

@@ -27,6 +27,7 @@ import torch
 
 from convscope import defaults
 from convscope.data import DataLoaders, ImageData, idx_folder, mnist
+from convscope.errors import TrainingInterrupted
 from convscope.files import atomic_write_bytes
 from convscope.learner import Learner
 from convscope.models import simple_cnn
@@ -241,7 +242,7 @@ def _silent(*args, **kwargs) -> None:
 
 def _run(cfg: TrainConfig, log, resume: bool, info) -> TrainResult:
     from convscope import plots
-    from convscope.callbacks import CheckpointCallback
+    from convscope.callbacks import CheckpointCallback, GracefulStop
     from convscope.diagnosis import diagnose
     from convscope.distributed import Distributed
     from convscope.report import build_report
@@ -268,6 +269,8 @@ def _run(cfg: TrainConfig, log, resume: bool, info) -> TrainResult:
         learn.add_cb(Distributed(info, sync_bn=cfg.sync_bn))
     if main:
         learn.add_cb(CheckpointCallback(checkpoint, every_batches=cfg.checkpoint_every))
+    if info is None:  # several processes would stop at different batches
+        learn.add_cb(GracefulStop())
     if resume:
         from convscope.checkpoint import read_checkpoint
 
@@ -278,6 +281,13 @@ def _run(cfg: TrainConfig, log, resume: bool, info) -> TrainResult:
     start = time.perf_counter()
     learn.fit_one_cycle(cfg.epochs, cfg.lr, resume=checkpoint if resume else None)
     seconds = time.perf_counter() - start
+    stop = getattr(learn, "graceful_stop", None)
+    if stop is not None and stop.stopped_at is not None:
+        epoch, batch = stop.stopped_at
+        raise TrainingInterrupted(
+            f"interrupted: stopped at epoch {epoch}, batch {batch} of {cfg.epochs} epochs; "
+            f"{run_dir / CHECKPOINT} holds that position. Continue with `convscope train "
+            f"--resume {run_dir}`.")
     values = learn.recorder.values
     accuracy = values[-1]["accuracy"] if values else learn.validate()["accuracy"]
     if not main:

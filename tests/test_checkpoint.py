@@ -11,7 +11,7 @@ import torch
 from conftest import stripes
 from safetensors.torch import load_file, save_file
 
-from convscope.callbacks import CheckpointCallback
+from convscope.callbacks import CheckpointCallback, GracefulStop
 from convscope.checkpoint import read_checkpoint
 from convscope.cli import main
 from convscope.data import DataLoaders
@@ -189,3 +189,59 @@ def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path):
     kept = killed_log[: position["train_iter"]]  # what the checkpoint had taken in
     assert kept + resumed_log == ref_log  # no batch twice, none skipped, same data order
     assert len(killed_log) > position["train_iter"]  # it was killed after the checkpoint
+
+
+def test_ctrl_c_stops_between_batches_with_a_checkpoint_to_resume(tmp_path, capsys):
+    """The first SIGINT lets the batch finish, saves its position and exits 130 with one line
+    saying how to resume; the resumed run completes every epoch."""
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "convscope", "train", "--subset", "12000",
+                             "--bs", "64", "--epochs", "3", "--no-stats", "--out", str(run)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:  # off a terminal, one row per finished epoch
+        if line.startswith("0 "):
+            break
+    time.sleep(0.5)  # into epoch 1
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    position = read_checkpoint(run / "checkpoint.safetensors")[1]["position"]
+    assert f"stopped at epoch {position['epoch']}, batch {position['batch']} of 3" in err
+    assert f"`convscope train --resume {run}`" in err
+    assert position["epoch"] >= 1 and not (run / "model.safetensors").exists()
+
+    assert main(["train", "--resume", str(run)]) == 0
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["0", "1", "2"]
+
+
+class PressCtrlC(Callback):
+    """Sends this process SIGINT after the given training batches, as a user's Ctrl-C."""
+
+    order = 50
+
+    def __init__(self, at, times=1):
+        self.at, self.times = at, times
+
+    def after_step(self):
+        if (self.learn.epoch, self.learn.iter) == self.at:
+            for _ in range(self.times):
+                os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_graceful_stop_in_process(tmp_path):
+    before = signal.getsignal(signal.SIGINT)
+    ck = tmp_path / "c.safetensors"
+    learn = learner([CheckpointCallback(ck), GracefulStop(), PressCtrlC((0, 2))])
+    learn.fit(2, 1e-2)  # returns: the fit was cancelled, not broken
+    assert learn.graceful_stop.stopped_at == (0, 3)
+    assert read_checkpoint(ck)[1]["position"] == {"epoch": 0, "batch": 3, "train_iter": 3,
+                                                  "n_epoch": 2}
+    assert signal.getsignal(signal.SIGINT) is before
+
+    # a second Ctrl-C does not wait for the batch to end
+    learn = learner([GracefulStop(), PressCtrlC((0, 1), times=2)])
+    with pytest.raises(KeyboardInterrupt):
+        learn.fit(2, 1e-2)
+    assert signal.getsignal(signal.SIGINT) is before

@@ -5,6 +5,7 @@ from convscope.callbacks.augment import BatchAugment
 from convscope.callbacks.channels_last import ChannelsLast
 from convscope.callbacks.checkpoint import CheckpointCallback
 from convscope.callbacks.guard import DivergenceGuard, TrainingDivergedError
+from convscope.callbacks.interrupt import GracefulStop
 from convscope.callbacks.mixed_precision import MixedPrecision
 from convscope.callbacks.progress import ProgressCallback
 from convscope.callbacks.recorder import History, Recorder
@@ -12,6 +13,6 @@ from convscope.callbacks.schedule import ParamScheduler, one_cycle, one_cycle_sc
 
 __all__ = [
     "ActivationStats", "BatchAugment", "ChannelsLast", "CheckpointCallback", "DivergenceGuard",
-    "History", "MixedPrecision", "ParamScheduler", "ProgressCallback", "Recorder",
+    "GracefulStop", "History", "MixedPrecision", "ParamScheduler", "ProgressCallback", "Recorder",
     "TrainingDivergedError", "one_cycle", "one_cycle_scheduler",
 ]

@@ -36,10 +36,16 @@ class CheckpointCallback(Callback):
         if not learn.training or self.every_batches is None:
             return
         if (learn.iter + 1) % self.every_batches == 0:
-            # resuming redraws this epoch's shuffle from the generator state before it
-            pos = Position(learn.epoch, learn.iter + 1, learn.train_iter + 1, learn.n_epoch)
-            save_checkpoint(learn, self.path, pos, learn.dls.train.epoch_state)
-            self.saves += 1
+            self.save_after_batch()
+
+    def save_after_batch(self) -> Position:
+        """Save now, at the end of the current training batch: a resume starts at the next."""
+        learn = self.learn
+        pos = Position(learn.epoch, learn.iter + 1, learn.train_iter + 1, learn.n_epoch)
+        # resuming redraws this epoch's shuffle from the generator state before it
+        save_checkpoint(learn, self.path, pos, learn.dls.train.epoch_state)
+        self.saves += 1
+        return pos
 
     def after_epoch(self) -> None:
         learn = self.learn
