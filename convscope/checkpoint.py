@@ -27,6 +27,20 @@ FORMAT = "convscope.checkpoint"
 VERSION = 1
 
 
+def bare_model(model: nn.Module) -> nn.Module:
+    """The model itself, out of the wrappers training may put around it: DistributedDataParallel
+    (`.module`) and torch.compile (`._orig_mod`), whose state_dict keys carry a prefix. A
+    checkpoint holds the bare model's keys, so a run saved in several processes resumes in
+    one, and the other way round."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
 @dataclass(frozen=True)
 class Position:
     """Where training resumes: `epoch` and `batch` are the next ones to run; `train_iter` the
@@ -78,7 +92,7 @@ def save_checkpoint(learn, path: str | Path, position: Position,
 
     path = Path(path)
     tensors = {f"model.{k}": v.detach().cpu().contiguous()
-               for k, v in learn.model.state_dict().items()}
+               for k, v in bare_model(learn.model).state_dict().items()}
     opt_meta: dict = {"groups": [], "extra": {}}
     if learn.opt is not None:
         sd = learn.opt.state_dict()
@@ -150,8 +164,9 @@ def load_checkpoint(learn, path: str | Path) -> Position:
     path = Path(path)
     tensors, meta = read_checkpoint(path)
     model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    check_architecture(learn.model, model_state, path)
-    learn.model.load_state_dict(model_state)
+    model = bare_model(learn.model)
+    check_architecture(model, model_state, path)
+    model.load_state_dict(model_state)
     opt_meta = meta["optimizer"]
     if opt_meta["groups"]:
         if learn.opt is None:

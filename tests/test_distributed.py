@@ -72,6 +72,10 @@ def test_cli_nproc_2_writes_one_run_folder(tmp_path):
     assert f"distributed: 2 processes of {threads} thread(s) each" in proc.stdout
     for name in ("model.safetensors", "metrics.csv", "checkpoint.safetensors", "report.html"):
         assert (run / name).is_file(), name
+    # the checkpoint holds the model's own keys, not DistributedDataParallel's "module.*"
+    keys = [k for k in load_file(run / "checkpoint.safetensors") if k.startswith("model.")]
+    assert keys and not any(k.startswith("model.module.") for k in keys)
+    assert main(["train", "--resume", str(run)]) == 0  # resumes in one process
 
 
 def test_sync_bn_on_cpu_is_refused(capsys):
