@@ -53,6 +53,8 @@ class Thresholds:
     unstable_cycles: int = 2
     spike: float = 3.0  # a batch loss this many times the median of the previous window
     spike_window: int = 20
+    rise: float = 1.1  # smoothed loss this many times its best so far, at lr >= half its max,
+    rise_min: float = 0.1  # ... and at least this much higher (late noise on a tiny loss is not)
     diverge: float = 1.5  # smoothed loss at the end this many times its best
     stuck: float = 0.95  # smoothed loss at the end above this share of the first
     gap: float = 2.0  # valid loss this many times the train loss of the same epoch
@@ -195,6 +197,8 @@ def loss_problems(losses: list[float], smooth: list[float], lrs: list[float],
         med = float(t[i - w:i].median())
         if med > 0 and losses[i] > th.spike * med:
             spikes.append((i, losses[i] / med))
+    if not spikes and lrs and not any(f.kind == "diverged" for f in out):
+        out += loss_rise(smooth, lrs, th)  # e.g. a short run's warmup, before a spike window
     if spikes and lrs:
         i, ratio = max(spikes, key=lambda s: s[1])
         lr, lr_max = lrs[min(i, len(lrs) - 1)], max(lrs)
@@ -207,6 +211,27 @@ def loss_problems(losses: list[float], smooth: list[float], lrs: list[float],
             if high else "A bad batch or a sharp region of the loss: a lower learning rate or "
             "a larger batch smooths it.", batches=(spikes[0][0], spikes[-1][0]), value=ratio))
     return out
+
+
+def loss_rise(smooth: list[float], lrs: list[float], th: Thresholds) -> list[Finding]:
+    """The smoothed loss climbing well above its best so far while the lr is high: the sign,
+    as in lr_find's plot, of a learning rate past what the model takes."""
+    lr_max, best, worst = max(lrs), 0, None
+    for j, (s, lr) in enumerate(zip(smooth, lrs, strict=False)):
+        if s < smooth[best]:
+            best = j
+        ratio = s / smooth[best] if smooth[best] > 0 else 1.0
+        if (lr >= 0.5 * lr_max and ratio > th.rise and s - smooth[best] > th.rise_min
+                and (worst is None or ratio > worst[0])):
+            worst = (ratio, best, j)
+    if worst is None:
+        return []
+    ratio, frm, to = worst
+    return [Finding("warning", "loss_rise", f"The smoothed loss rose {ratio - 1:.0%} above its "
+                    f"best so far, from {smooth[frm]:.3g} at batch {frm} to {smooth[to]:.3g} at "
+                    f"batch {to}, with the learning rate at {lrs[to]:.3g}.",
+                    "The learning rate is higher than this model takes: lower lr_max (lr_find's "
+                    "valley is a good start).", batches=(frm, to), value=ratio)]
 
 
 def valid_gap(values: list[dict], th: Thresholds) -> list[Finding]:

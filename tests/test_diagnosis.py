@@ -71,6 +71,24 @@ def test_loss_spike_when_lr_jumps(digits):
     assert "lower lr_max" in spike.suggestion
 
 
+def test_loss_rise_when_lr_max_is_far_too_high():
+    """32 batches of 1cycle up to lr 10: the loss climbs during the warmup (79% accuracy in
+    the end, no NaN, no spike window filled) and the verdict says lr_max is too high."""
+    torch.manual_seed(0)
+    learn = Learner(DataLoaders.from_data(mnist().subset(8000, 2000), bs=512), simple_cnn(),
+                    progress=False)
+    learn.fit_one_cycle(2, 10.0)
+    findings = diagnose(learn)
+    assert [f.kind for f in findings] == ["loss_rise"]
+    assert "lower lr_max" in findings[0].suggestion and findings[0].value > 1.1
+    # the same signal built by hand; a rise that small in absolute terms is noise, not a rise
+    hist = History(losses=[1.0] * 8, smooth_losses=[2.0, 1.8, 1.7, 2.1, 2.2, 1.5, 1.2, 1.0],
+                   hps={"lr": [[x] for x in (0.1, 0.5, 1, 1, 1, 0.5, 0.2, 0.1)]})
+    assert [f.kind for f in diagnose(history=hist)] == ["loss_rise"]
+    hist.smooth_losses = [0.05, 0.04, 0.03, 0.04, 0.035, 0.03, 0.02, 0.01]
+    assert [f.kind for f in diagnose(history=hist)] == ["healthy"]
+
+
 def test_valid_gap_with_stale_batchnorm_statistics(digits):
     findings = diagnose(run(digits, bn=True, lr=3.0))
     gap = next(f for f in findings if f.kind == "valid_gap")
