@@ -124,6 +124,20 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
+def held_out_name(cfg: TrainConfig) -> str:
+    """What the valid set is, for messages: "test" for MNIST's test set (and an IDX folder's)
+    and an image folder's test/ folder, "valid" for a valid/ folder or a held-out share."""
+    from convscope.data import missing_idx_files
+    from convscope.image_folders import valid_dir
+
+    if cfg.valid_pct:
+        return "valid"
+    if cfg.data is None or not missing_idx_files(cfg.data):
+        return "test"
+    folder = valid_dir(Path(cfg.data))
+    return "test" if folder is not None and folder.name == "test" else "valid"
+
+
 def load_data(cfg: TrainConfig) -> ImageData:
     """The dataset named by the config, subset or split as asked.
 
@@ -308,8 +322,7 @@ def _run(cfg: TrainConfig, log, resume: bool, info) -> TrainResult:
     if values:
         plots.plot_loss(learn.recorder, save=run_dir / "loss.png")
         plots.plot_sched(learn.recorder, save=run_dir / "sched.png")
-    split = "valid" if cfg.valid_pct else "test"
-    log(f"{split} accuracy: {accuracy:.2%} after {cfg.epochs} "
+    log(f"{held_out_name(cfg)} accuracy: {accuracy:.2%} after {cfg.epochs} "
         f"epoch{'s' if cfg.epochs != 1 else ''} in {seconds:.1f}s of training")
     for finding in diagnose(learn):
         log(f"diagnosis: {finding}")

@@ -135,6 +135,7 @@ def test_train_on_a_colour_image_folder(tmp_path, capsys):
                  "--augment", "--out", str(run)]) == 0
     out = capsys.readouterr().out
     assert "24 train, 6 valid images of 3 x 16 x 16, 3 classes" in out
+    assert "valid accuracy:" in out  # a valid/ folder is not called a test set
     from safetensors import safe_open
 
     with safe_open(str(run / "model.safetensors"), "pt") as f:
@@ -152,3 +153,16 @@ def test_cli_bad_image_folder(tmp_path, capsys):
     np.testing.assert_equal(main(["train", "--data", str(root), "--skip-bad", "--epochs", "1",
                                   "--bs", "4", "--size", "8", "--out", str(tmp_path / "r")]), 0)
     assert "skipped: " in capsys.readouterr().out
+
+
+def test_held_out_set_is_named_for_what_it_is(tmp_path):
+    from convscope.recipe import TrainConfig, held_out_name
+
+    split = make_folder(tmp_path / "a", n=2)
+    (tmp_path / "b").mkdir()
+    (split / "valid").rename(tmp_path / "b" / "test")
+    (split / "train").rename(tmp_path / "b" / "train")
+    assert held_out_name(TrainConfig()) == "test"  # MNIST's test set
+    assert held_out_name(TrainConfig(valid_pct=0.1)) == "valid"
+    assert held_out_name(TrainConfig(data=str(tmp_path / "b"))) == "test"
+    assert held_out_name(TrainConfig(data=str(make_folder(tmp_path / "c", n=2)))) == "valid"
