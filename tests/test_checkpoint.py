@@ -196,24 +196,23 @@ def test_ctrl_c_stops_between_batches_with_a_checkpoint_to_resume(tmp_path, caps
     saying how to resume; the resumed run completes every epoch."""
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "convscope", "train", "--subset", "12000",
-                             "--bs", "64", "--epochs", "3", "--no-stats", "--out", str(run)],
+                             "--bs", "64", "--epochs", "4", "--no-stats", "--out", str(run)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in proc.stdout:  # off a terminal, one row per finished epoch
         if line.startswith("0 "):
             break
-    time.sleep(0.5)  # into epoch 1
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)  # at the end of epoch 0 or during epoch 1
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert err.count("\n") == 1 and "Traceback" not in err
     position = read_checkpoint(run / "checkpoint.safetensors")[1]["position"]
-    assert f"stopped at epoch {position['epoch']}, batch {position['batch']} of 3" in err
+    assert f"stopped at epoch {position['epoch']}, batch {position['batch']} of 4" in err
     assert f"`convscope train --resume {run}`" in err
     assert position["epoch"] >= 1 and not (run / "model.safetensors").exists()
 
     assert main(["train", "--resume", str(run)]) == 0
     rows = (run / "metrics.csv").read_text().splitlines()
-    assert [r.split(",")[0] for r in rows[1:]] == ["0", "1", "2"]
+    assert [r.split(",")[0] for r in rows[1:]] == ["0", "1", "2", "3"]
 
 
 class PressCtrlC(Callback):
