@@ -170,6 +170,29 @@ def test_help_does_not_import_torch():
     assert proc.stdout.strip().endswith("[]"), proc.stdout + proc.stderr
 
 
+def test_train_reaches_its_first_batch_without_matplotlib_or_dynamo(tmp_path):
+    """Drawing and the report come after training; torch._dynamo is never needed."""
+    code = f"""
+import os, sys
+from convscope import learner
+from convscope.cli import main
+
+class Look(learner.Callback):
+    def before_batch(self):
+        print(sorted(m for m in ('matplotlib', 'torch._dynamo') if m in sys.modules), flush=True)
+        os._exit(0)
+
+original = learner.Learner.__init__
+def patched(self, *a, **k):
+    original(self, *a, **k)
+    self.add_cb(Look())
+learner.Learner.__init__ = patched
+main(["train", "--subset", "512", "--out", {str(tmp_path / "run")!r}])
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.stdout.strip().endswith("[]"), proc.stdout + proc.stderr
+
+
 def test_progress_bar_on_a_terminal(tmp_path):
     """On a terminal the live bar runs (rich) and the table rows still print above it."""
     import os
