@@ -136,10 +136,19 @@ class AdamW(_Optimizer):
 
 
 def adamw(params: Iterable, lr: float) -> AdamW:
-    """AdamW with fastai's defaults: betas (0.9, 0.99), eps 1e-5, weight decay 0.01."""
+    """AdamW with fastai's defaults: betas (0.9, 0.99), eps 1e-5, weight decay 0.01.
+
+    >>> opt = adamw(torch.nn.Linear(4, 2).parameters(), lr=1e-3)
+    >>> opt.param_groups[0]["betas"], opt.param_groups[0]["weight_decay"]
+    ((0.9, 0.99), 0.01)
+    """
     return AdamW(params, lr=lr, betas=(0.9, 0.99), eps=1e-5, weight_decay=0.01)
 
 
 def sgd(params: Iterable, lr: float, momentum: float = 0.9) -> SGD:
-    """SGD with momentum, the optimizer of the 1cycle paper."""
+    """SGD with momentum, the optimizer of the 1cycle paper.
+
+    >>> sgd(torch.nn.Linear(4, 2).parameters(), lr=0.1).param_groups[0]["momentum"]
+    0.9
+    """
     return SGD(params, lr=lr, momentum=momentum)
