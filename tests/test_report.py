@@ -39,6 +39,9 @@ def test_report_content(run_dir):
     assert page.count('alt="layer ') == 2 * 5  # plot_layer_stats and color_dim per layer
     assert "<script" not in page and "src=\"http" not in page  # self-contained
     assert "total params: 30,412" in page
+    # settings read as words: unset options say what they mean, not JSON's null
+    assert ">null<" not in page
+    assert "at each epoch&#x27;s end" in page
 
 
 def test_report_command_rebuilds_it(run_dir, capsys):
