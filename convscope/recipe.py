@@ -286,7 +286,11 @@ def _run(cfg: TrainConfig, log, resume: bool, info) -> TrainResult:
         from convscope.checkpoint import read_checkpoint
 
         pos = read_checkpoint(checkpoint)[1]["position"]
-        log(f"resuming from {checkpoint}: epoch {pos['epoch']}, batch {pos['batch']}")
+        if pos["epoch"] >= pos["n_epoch"]:
+            log(f"{checkpoint} is from the end of the run ({pos['n_epoch']} epochs): nothing "
+                f"left to train; writing the run's outputs again")
+        else:
+            log(f"resuming from {checkpoint}: epoch {pos['epoch']}, batch {pos['batch']}")
     elif main:
         atomic_write_bytes(run_dir / "config.json", json.dumps(asdict(cfg), indent=2).encode())
     start = time.perf_counter()

@@ -213,6 +213,9 @@ def test_ctrl_c_stops_between_batches_with_a_checkpoint_to_resume(tmp_path, caps
     assert main(["train", "--resume", str(run)]) == 0
     rows = (run / "metrics.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["0", "1", "2", "3"]
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run)]) == 0  # once more: the run is complete
+    assert "from the end of the run (4 epochs): nothing left to train" in capsys.readouterr().out
 
 
 class PressCtrlC(Callback):
