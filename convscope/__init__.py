@@ -46,12 +46,13 @@ _WHERE = {
     "image_folder": "convscope.image_folders",
     "BatchNorm2d": "convscope.layers",
     "Flatten": "convscope.layers",
-    "Callback": "convscope.learner",
-    "CancelBatchException": "convscope.learner",
-    "CancelEpochException": "convscope.learner",
-    "CancelFitException": "convscope.learner",
+    "Callback": "convscope.callback",
+    "CancelBatchException": "convscope.callback",
+    "CancelEpochException": "convscope.callback",
+    "CancelFitException": "convscope.callback",
     "Learner": "convscope.learner",
-    "accuracy": "convscope.learner",
+    "LRFindResult": "convscope.callbacks.lr_find",
+    "accuracy": "convscope.metrics",
     "simple_cnn": "convscope.models",
     "SGD": "convscope.optimizers",
     "AdamW": "convscope.optimizers",
@@ -83,6 +84,12 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what type checkers and editors see
+    from convscope.callback import (
+        Callback,
+        CancelBatchException,
+        CancelEpochException,
+        CancelFitException,
+    )
     from convscope.callbacks import (
         ActivationStats,
         BatchAugment,
@@ -96,6 +103,7 @@ if TYPE_CHECKING:  # what type checkers and editors see
         ProgressCallback,
         Recorder,
     )
+    from convscope.callbacks.lr_find import LRFindResult
     from convscope.data import (
         DataLoader,
         DataLoaders,
@@ -110,14 +118,8 @@ if TYPE_CHECKING:  # what type checkers and editors see
     from convscope.errors import TrainingDivergedError
     from convscope.image_folders import image_folder
     from convscope.layers import BatchNorm2d, Flatten
-    from convscope.learner import (
-        Callback,
-        CancelBatchException,
-        CancelEpochException,
-        CancelFitException,
-        Learner,
-        accuracy,
-    )
+    from convscope.learner import Learner
+    from convscope.metrics import accuracy
     from convscope.model_summary import summary
     from convscope.models import simple_cnn
     from convscope.optimizers import SGD, AdamW, adamw, sgd

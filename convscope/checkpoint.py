@@ -4,9 +4,12 @@ A checkpoint is one safetensors file, written atomically (temp file, fsync, rena
 at any moment leaves either the old checkpoint or the new one. It holds:
 - tensors: the model's state_dict ("model.*"), the optimizer's state tensors ("optim.*"),
   torch's CPU (and CUDA) RNG state and the shuffling generator's state ("rng.*");
+- every attached callback's state (`Callback.state_dict`): its tensors as "cb.<name>.<key>"
+  (ActivationStats' records and sampling generator), the rest as JSON (the Recorder's
+  history, the grad scaler's loss scale);
 - JSON metadata: the format version, the position (next epoch and batch, steps taken), the
-  optimizer's param groups and non-tensor state, Python's and NumPy's RNG states, and the
-  Recorder's history.
+  world it was trained in (processes and global batch size), the optimizer's param groups and
+  non-tensor state, Python's and NumPy's RNG states, and the callbacks' JSON state.
 Loading never unpickles anything: a file from anyone is safe to open.
 """
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import json
 import random
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +28,7 @@ from torch import nn
 from convscope.files import read_safetensors
 
 FORMAT = "convscope.checkpoint"
-VERSION = 1
+VERSION = 2  # 2: every callback's state and the world size (1: the Recorder's only)
 
 
 def bare_model(model: nn.Module) -> nn.Module:
@@ -78,6 +82,13 @@ def restore_rng(tensors: dict, meta: dict, loader: torch.Generator) -> None:
     np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
+def world_of(learn) -> dict:
+    """The processes a learner trains in and its global batch size (per-process bs x N)."""
+    dist = getattr(learn, "distributed", None)
+    size = dist.info.world_size if dist is not None else 1
+    return {"world_size": size, "global_bs": learn.dls.train.bs * size}
+
+
 def save_checkpoint(learn, path: str | Path, position: Position,
                     loader_state: torch.Tensor) -> Path:
     """Write the learner's full training state at `position`, atomically.
@@ -105,16 +116,33 @@ def save_checkpoint(learn, path: str | Path, position: Position,
         opt_meta["groups"] = sd["param_groups"]
     rng_tensors, rng_meta = capture_rng(loader_state)
     tensors.update(rng_tensors)
-    recorder = getattr(learn, "recorder", None)
+    callbacks: dict[str, dict] = {}
+    for cb in learn.cbs:
+        state = cb.state_dict()
+        if state is None:
+            continue
+        callbacks[cb.name] = {}
+        for k, v in state.items():
+            if torch.is_tensor(v):
+                tensors[f"cb.{cb.name}.{k}"] = v.detach().cpu().contiguous()
+            else:
+                callbacks[cb.name][k] = v
     meta = {
         "format": FORMAT, "version": str(VERSION),
         "position": json.dumps(position.__dict__),
+        "world": json.dumps(world_of(learn)),
         "optimizer": json.dumps(opt_meta),
         "rng": json.dumps(rng_meta),
-        "recorder": json.dumps(recorder.state() if recorder is not None else None),
+        "callbacks": json.dumps(callbacks),
     }
     atomic_write_bytes(path, save(tensors, metadata=meta))
     return path
+
+
+def save_learner(learn, path: str | Path) -> Path:
+    """`learn.save(path)`: a checkpoint of the learner as it stands, outside any fit."""
+    pos = Position(learn.n_epoch, 0, learn.train_iter, learn.n_epoch)
+    return save_checkpoint(learn, path, pos, learn.dls.train.generator.get_state())
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict, dict]:
@@ -129,7 +157,13 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict]:
         raise ValueError(f"{path}: checkpoint format version {meta['version']} is newer than "
                          f"this convscope reads ({VERSION}). Upgrade convscope.")
     try:
-        parsed = {k: json.loads(meta[k]) for k in ("position", "optimizer", "rng", "recorder")}
+        parsed = {k: json.loads(meta[k]) for k in ("position", "optimizer", "rng")}
+        if "callbacks" in meta:
+            parsed["callbacks"] = json.loads(meta["callbacks"])
+        else:  # version 1 held the Recorder's state alone
+            recorder = json.loads(meta["recorder"])
+            parsed["callbacks"] = {} if recorder is None else {"recorder": recorder}
+        parsed["world"] = json.loads(meta.get("world", '{"world_size": 1, "global_bs": null}'))
     except (KeyError, ValueError) as e:
         raise ValueError(f"{path}: checkpoint metadata is incomplete or corrupt: {e}") from None
     return tensors, parsed
@@ -158,11 +192,33 @@ def check_architecture(model: nn.Module, state: dict[str, torch.Tensor], path: P
                      + "; ".join(parts) + ".")
 
 
-def load_checkpoint(learn, path: str | Path) -> Position:
-    """Restore the learner's model, optimizer, RNG states and recorder from `path`; return
-    the position to resume from. The shuffling generator is restored too."""
+def check_world(learn, world: dict, path: Path) -> None:
+    """Refuse to resume in another number of processes: the schedule counts steps per
+    process, and a shard of the batches is another epoch length."""
+    own = world_of(learn)
+    if world["world_size"] == own["world_size"]:
+        return
+    n = world["world_size"]
+    raise ValueError(
+        f"{path} was written by a run in {n} process{'es' if n != 1 else ''} (global batch "
+        f"{world['global_bs']}); this one runs in {own['world_size']}. Resume it in {n}: "
+        f"`convscope train --resume RUN_DIR` starts {n} again (or `torchrun "
+        f"--nproc-per-node={n} ...`).")
+
+
+def load_checkpoint(learn, path: str | Path, resuming: bool = False) -> Position:
+    """Restore the learner's model, optimizer, RNG states and callbacks' state from `path`;
+    return the position to resume from. The shuffling generator is restored too.
+
+    Args:
+        resuming: called by a fit resuming from it, after every callback's before_fit: the
+            world size must match, and a callback that holds state but finds none (or the
+            other way round) is warned about, since its record would have a gap.
+    """
     path = Path(path)
     tensors, meta = read_checkpoint(path)
+    if resuming:
+        check_world(learn, meta["world"], path)
     model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     model = bare_model(learn.model)
     check_architecture(model, model_state, path)
@@ -185,7 +241,20 @@ def load_checkpoint(learn, path: str | Path) -> Position:
             raise ValueError(f"{path}: the optimizer state does not fit this learner's "
                              f"optimizer: {e}") from None
     restore_rng(tensors, meta["rng"], learn.dls.train.generator)
-    recorder = getattr(learn, "recorder", None)
-    if recorder is not None and meta["recorder"] is not None:
-        recorder.load_state(meta["recorder"])
+    saved = meta["callbacks"]
+    for cb in learn.cbs:
+        if cb.name in saved:
+            prefix = f"cb.{cb.name}."
+            state = {**saved[cb.name], **{k[len(prefix):]: v for k, v in tensors.items()
+                                          if k.startswith(prefix)}}
+            cb.load_state_dict(state)
+        elif resuming and cb.state_dict() is not None:
+            warnings.warn(f"{path} holds no state for the callback {cb.name!r}: it starts "
+                          f"afresh, and its record of the fit lacks what came before the "
+                          f"checkpoint.", stacklevel=3)
+    attached = {cb.name for cb in learn.cbs}
+    if resuming and set(saved) - attached:
+        warnings.warn(f"{path} holds the state of callbacks this learner lacks: "
+                      f"{', '.join(sorted(set(saved) - attached))}; it is not restored.",
+                      stacklevel=3)
     return Position(**meta["position"])

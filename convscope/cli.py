@@ -227,7 +227,6 @@ def _conv_matrix(args: argparse.Namespace) -> int:
 def _lr_find(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from convscope import plots
     from convscope.recipe import TrainConfig, load_data, make_learner
 
     if args.start_lr >= args.end_lr:
@@ -238,14 +237,11 @@ def _lr_find(args: argparse.Namespace) -> int:
     cfg = TrainConfig(data=args.data, bs=args.bs, seed=args.seed, size=args.size,
                       subset=args.subset, device=args.device, stats=False)
     learn = make_learner(load_data(cfg), cfg, progress=False)
-    suggestions = learn.lr_find(args.start_lr, args.end_lr, args.num_it)
+    found = learn.lr_find(args.start_lr, args.end_lr, args.num_it)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    finder = learn.lr_finder
-    plots.plot_lr_find(finder.lrs, finder.losses, suggestions, save=out)
-    print(f"swept {len(finder.lrs)} batches from lr {finder.lrs[0]:.2g} to "
-          f"{finder.lrs[-1]:.2g}; suggestions: valley {suggestions.valley:.2g}, steep "
-          f"{suggestions.steep:.2g}, minimum {suggestions.minimum:.2g}; plot: {out}")
+    found.plot(save=out)
+    print(f"{found.describe()}; plot: {out}")
     return 0
 
 

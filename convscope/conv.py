@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from convscope.trace import trace
+
 _T = [[-1.0, -1.0, -1.0], [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]
 KERNELS: dict[str, Tensor] = {
     "top_edge": torch.tensor(_T),
@@ -261,8 +263,6 @@ def receptive_field(model: nn.Module, input_size: tuple[int, int]) -> list[dict]
     ...  if r["type"] == "Conv2d"]
     [('0.0', 3, 2), ('1.0', 7, 4)]
     """
-    from convscope.model_summary import trace
-
     size, jump, start = 1, 1, 0.5
     rows = []
     for rec in trace(model, input_size):

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from convscope.learner import Callback
+from convscope.callback import Callback
 
 
 @dataclass(frozen=True)

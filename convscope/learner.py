@@ -2,106 +2,36 @@
 
 The loop is miniai's and fastai's: fit -> epochs -> (train batches, valid batches) -> one
 batch = predict, loss, backward, step. Everything else (recording, schedules, progress bars,
-hooks, checkpoints) is a Callback that listens for the events below, and is reached on the
-learner by its snake_case name: `learn.recorder`, `learn.progress`.
+hooks, checkpoints) is a Callback (callback.py) that listens for the events, and is reached on the
+learner by its snake_case name: `learn.recorder`, `learn.progress`. The class is the loop and
+the callback list; what builds on it lives with the module that owns it and is reached from
+here by a one-line method: lr_find (callbacks/lr_find.py), save and load (checkpoint.py),
+summary (model_summary.py).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Sequence
-from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from convscope.callback import (
+    EVENTS,
+    Callback,
+    CancelBatchException,
+    CancelEpochException,
+    CancelFitException,
+    handles,
+)
 from convscope.data import DataLoader, DataLoaders
+from convscope.metrics import accuracy, metric_name
 from convscope.optimizers import adamw
 
-EVENTS = (
-    "before_fit", "before_epoch", "before_train", "before_batch", "after_pred", "after_loss",
-    "after_backward", "after_step", "after_batch", "after_train", "before_validate",
-    "after_validate", "after_epoch", "after_fit",
-)
-
-
-class CancelFitException(Exception):
-    """Raise in a callback to stop training; after_fit still runs."""
-
-
-class CancelEpochException(Exception):
-    """Raise in a callback to skip the rest of this epoch; after_epoch still runs."""
-
-
-class CancelBatchException(Exception):
-    """Raise in a callback to skip the rest of this batch; after_batch still runs."""
-
-
-def _snake(name: str) -> str:
-    name = re.sub(r"Callback$", "", name) or name
-    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
-
-
-class Callback:
-    """Base class: override the events you need. Lower `order` runs first."""
-
-    order = 0
-    run_in_lr_find = True  # False for callbacks that observe a fit: they sit out lr_find
-    learn: Learner
-
-    @property
-    def name(self) -> str:
-        """The attribute the learner exposes this callback as: Recorder -> `recorder`."""
-        return _snake(type(self).__name__)
-
-    def before_fit(self) -> None:
-        """Once, before the first epoch: set up state, hooks, timers."""
-
-    def before_epoch(self) -> None:
-        """At the start of each epoch, before its training batches."""
-
-    def before_train(self) -> None:
-        """After the model is put in train mode, before the first training batch."""
-
-    def before_batch(self) -> None:
-        """Before the forward pass; `learn.xb`, `learn.yb` hold the batch (may be replaced)."""
-
-    def after_pred(self) -> None:
-        """After the forward pass; `learn.pred` holds the output."""
-
-    def after_loss(self) -> None:
-        """After the loss is computed; `learn.loss` holds it (train and valid)."""
-
-    def after_backward(self) -> None:
-        """After gradients are computed, before the optimizer step (training only)."""
-
-    def after_step(self) -> None:
-        """After the optimizer step, before gradients are zeroed (training only)."""
-
-    def after_batch(self) -> None:
-        """At the end of each batch, train or valid, also when it was cancelled."""
-
-    def after_train(self) -> None:
-        """After the last training batch of the epoch."""
-
-    def before_validate(self) -> None:
-        """After the model is put in eval mode, before the first valid batch."""
-
-    def after_validate(self) -> None:
-        """After the last valid batch of the epoch."""
-
-    def after_epoch(self) -> None:
-        """At the end of each epoch, after validation."""
-
-    def after_fit(self) -> None:
-        """When fit ends: normally, cancelled, or by an error (release hooks and files here)."""
-
-
-def accuracy(pred: Tensor, targ: Tensor) -> Tensor:
-    """Share of rows whose largest logit is the target class; pred (N, C), targ (N,)."""
-    return (pred.argmax(dim=1) == targ).float().mean()
+__all__ = ["EVENTS", "Callback", "CancelBatchException", "CancelEpochException",
+           "CancelFitException", "Learner", "accuracy"]
 
 
 class Learner:
@@ -152,7 +82,13 @@ class Learner:
 
     # --- callbacks -------------------------------------------------------------------------
     def add_cb(self, cb: Callback) -> Learner:
-        """Attach a callback and expose it as `self.<cb.name>`."""
+        """Attach a callback and expose it as `self.<cb.name>`, replacing any callback of
+        that name."""
+        self._attach(cb)
+        return self
+
+    def _attach(self, cb: Callback) -> Callback | None:
+        """Attach `cb`; return the callback of the same name it displaced, if any."""
         if not isinstance(cb, Callback):
             raise TypeError(f"Expected a Callback instance. Received: {cb!r}. "
                             f"Did you pass the class instead of `{cb!r}()`?")
@@ -160,13 +96,14 @@ class Learner:
         if existing is not None and not isinstance(existing, Callback):
             raise ValueError(f"Callback name {cb.name!r} clashes with the learner attribute of "
                              f"that name. Rename the callback class.")
-        if isinstance(existing, Callback):
-            self.remove_cb(existing)
+        displaced = existing if existing in self.cbs else None
+        if displaced is not None:
+            self.remove_cb(displaced)
         cb.learn = self
         self.cbs.append(cb)
         setattr(self, cb.name, cb)
         self._index_handlers()
-        return self
+        return displaced
 
     def remove_cb(self, cb: Callback | str) -> Learner:
         """Detach a callback, given itself or its name."""
@@ -176,6 +113,9 @@ class Learner:
                 raise ValueError(f"No callback named {cb!r}. Attached: "
                                  f"{[c.name for c in self.cbs]}.")
             cb = found[0]
+        if cb not in self.cbs:
+            raise ValueError(f"{type(cb).__name__} is not attached to this learner. Attached: "
+                             f"{[c.name for c in self.cbs]}.")
         self.cbs.remove(cb)
         if getattr(self, cb.name, None) is cb:
             delattr(self, cb.name)
@@ -191,10 +131,6 @@ class Learner:
         """Per event, the callbacks' own methods for it, in order: the loop then calls only
         these, not the dozen no-ops of every callback on every batch."""
         ordered = sorted(self.cbs, key=lambda c: c.order)
-
-        def handles(cb: Callback, event: str) -> bool:
-            return event in vars(cb) or getattr(type(cb), event) is not getattr(Callback, event)
-
         self._handlers = {event: [getattr(cb, event) for cb in ordered if handles(cb, event)]
                           for event in EVENTS}
 
@@ -220,7 +156,8 @@ class Learner:
         Args:
             n_epoch: number of passes over the training set.
             lr: learning rate (default: the learner's `lr`); schedules may change it per batch.
-            cbs: callbacks for this fit only.
+            cbs: callbacks for this fit only; one that shares a name with an attached
+                callback stands in for it during this fit, which gets it back afterwards.
             reset_opt: start a fresh optimizer (its state is kept across fits otherwise).
             resume: a checkpoint written during a fit with the same n_epoch and callbacks:
                 continue from it (weights, optimizer, schedule position, RNG states, data
@@ -232,8 +169,7 @@ class Learner:
         if not lr > 0:
             raise ValueError(f"Learning rate must be > 0. Received: lr={lr}.")
         cbs = list(cbs)
-        for cb in cbs:
-            self.add_cb(cb)
+        displaced = [self._attach(cb) for cb in cbs]
         try:
             if self.opt is None or reset_opt:
                 self.opt = self.opt_func(self.model.parameters(), lr=lr)
@@ -244,15 +180,18 @@ class Learner:
             self._resume = resume
             self._with_events(self._do_fit, "fit", CancelFitException)
         finally:
-            for cb in cbs:
-                self.remove_cb(cb)
+            for cb, old in zip(reversed(cbs), reversed(displaced), strict=True):
+                if cb in self.cbs:
+                    self.remove_cb(cb)
+                if old is not None:
+                    self._attach(old)
 
     def _do_fit(self) -> None:
         start_epoch, self._start_batch = 0, 0
         if self._resume is not None:  # after before_fit, so callbacks' fresh state is replaced
             from convscope.checkpoint import load_checkpoint
 
-            pos = load_checkpoint(self, self._resume)
+            pos = load_checkpoint(self, self._resume, resuming=True)
             if pos.n_epoch != self.n_epoch:
                 raise ValueError(f"The checkpoint {str(self._resume)!r} is from a fit of "
                                  f"{pos.n_epoch} epochs; resume it with n_epoch={pos.n_epoch}"
@@ -323,57 +262,22 @@ class Learner:
 
     def lr_find(self, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100,
                 stop_div: float = 4.0):
-        """Sweep the learning rate exponentially from `start_lr` to `end_lr` over `num_it`
-        training batches, stopping once the smoothed loss passes `stop_div` times its best.
-
-        Leaves no trace: weights, batchnorm statistics, optimizer state and random states
-        (torch's, Python's, NumPy's and the data order's) are restored afterwards, from memory,
-        so no file can collide with another run. Callbacks that observe a fit (Recorder,
-        progress display, checkpoints, ActivationStats, DivergenceGuard, schedules) sit out
-        the sweep.
+        """Sweep the learning rate and suggest one; see `convscope.callbacks.lr_find.lr_find`.
 
         Returns:
-            SuggestedLRs (valley, steep, minimum); the curve stays in `self.lr_finder`.
+            an LRFindResult: `valley`, `steep`, `minimum`, the curve (`lrs`, `losses`), and
+            `plot()`. Leaves no trace on the learner.
         """
-        import copy
+        from convscope.callbacks.lr_find import lr_find
 
-        from convscope.callbacks.schedule import LRFinder, suggest_lrs
-        from convscope.checkpoint import capture_rng, restore_rng
-
-        finder = LRFinder(start_lr, end_lr, num_it, stop_div)
-        saved_model = copy.deepcopy(self.model.state_dict())
-        saved_opt = copy.deepcopy(self.opt.state_dict()) if self.opt is not None else None
-        saved_rng = capture_rng(self.dls.train.generator.get_state())
-        saved_counters = (self.epoch, self.n_epoch, self.iter, self.n_iter, self.train_iter,
-                          self.total_iters)
-        benched = [cb for cb in self.cbs if not cb.run_in_lr_find]
-        for cb in benched:
-            self.remove_cb(cb)
-        try:
-            epochs = -(-num_it // len(self.dls.train))
-            self.fit(epochs, lr=start_lr, cbs=[finder])
-        finally:
-            self.model.load_state_dict(saved_model)
-            if saved_opt is not None:
-                self.opt.load_state_dict(saved_opt)  # type: ignore[union-attr]
-            else:
-                self.opt = None
-            restore_rng(*saved_rng, self.dls.train.generator)
-            (self.epoch, self.n_epoch, self.iter, self.n_iter, self.train_iter,
-             self.total_iters) = saved_counters
-            for cb in benched:
-                self.add_cb(cb)
-        self.lr_finder = finder
-        return suggest_lrs(finder.lrs, finder.losses)
+        return lr_find(self, start_lr, end_lr, num_it, stop_div)
 
     def save(self, path: str | Path) -> Path:
-        """Write weights, optimizer state, RNG states and recorder history to one safetensors
-        file (atomically). `load` restores it; to continue an interrupted fit use
-        `fit(..., resume=path)` with checkpoints from the CheckpointCallback."""
-        from convscope.checkpoint import Position, save_checkpoint
+        """Write weights, optimizer state, RNG states and every callback's state to one
+        safetensors file (atomically); see `convscope.checkpoint.save_learner`."""
+        from convscope.checkpoint import save_learner
 
-        pos = Position(self.n_epoch, 0, self.train_iter, self.n_epoch)
-        return save_checkpoint(self, path, pos, self.dls.train.generator.get_state())
+        return save_learner(self, path)
 
     def load(self, path: str | Path) -> Learner:
         """Restore what `save` wrote. A checkpoint for another architecture raises a
@@ -400,7 +304,7 @@ class Learner:
         pred, targ = self.get_preds(dl)
         out = {"valid_loss": float(self.loss_func(pred, targ))}
         for m in self.metrics:
-            out[_metric_name(m)] = float(m(pred, targ))
+            out[metric_name(m)] = float(m(pred, targ))
         return out
 
     def summary(self):
@@ -409,8 +313,3 @@ class Learner:
 
         return summary(self.model, tuple(self.dls.train.x.shape[1:]))
 
-
-def _metric_name(m: Callable) -> str:
-    if isinstance(m, partial):
-        m = m.func
-    return getattr(m, "__name__", type(m).__name__)

@@ -9,41 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
 from torch import nn
 
-
-def trace(model: nn.Module, input_size: tuple[int, ...]) -> list[dict]:
-    """Run one zero image through `model` and list its leaf modules in the order they ran,
-    each with its name and output shape (batch dim dropped).
-
-    No side effects: the model runs in eval mode without gradients (so batchnorm's running
-    statistics and every .grad stay as they were), then every module gets back its own mode.
-    """
-    shape = tuple(input_size) if len(input_size) == 3 else (1, *input_size)
-    names = {m: n for n, m in model.named_modules()}
-    records: list[dict] = []
-
-    def hook(module: nn.Module, inputs, output) -> None:
-        out = output[0] if isinstance(output, tuple) else output
-        records.append({"name": names[module], "module": module,
-                        "in_shape": tuple(inputs[0].shape[1:]), "out_shape": tuple(out.shape[1:])})
-
-    leaves = [m for m in model.modules() if not list(m.children())]
-    modes = {m: m.training for m in model.modules()}
-    handles = [m.register_forward_hook(hook) for m in leaves]
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, *shape, device=device))
-    finally:
-        for h in handles:
-            h.remove()
-        for m, mode in modes.items():
-            m.training = mode
-    return records
+from convscope.conv import receptive_field
+from convscope.trace import trace
 
 
 def macs(module: nn.Module, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> int:
@@ -111,7 +80,6 @@ def summary(model: nn.Module, input_shape: tuple[int, ...]) -> Summary:
     >>> s.rows[0]["output"], s.rows[0]["params"], s.rows[0]["macs"]
     ((8, 14, 14), 200, 39200)
     """
-    from convscope.conv import receptive_field
 
     records = trace(model, input_shape)
     fields = {r["layer"]: r for r in receptive_field(model, input_shape)}

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import stripes
 
-from convscope.callbacks.schedule import suggest_lrs
+from convscope.callbacks.lr_find import suggest_lrs
 from convscope.cli import main
 from convscope.data import DataLoaders
 from convscope.learner import Learner
@@ -53,8 +53,8 @@ def test_lr_find_has_no_side_effects(tmp_path, monkeypatch):
 
 def test_lr_find_sweeps_exponentially_and_stops_on_divergence():
     learn = learner(bn=False, opt_func=sgd)
-    learn.lr_find(start_lr=1e-5, end_lr=1e3, num_it=100)
-    lrs, losses = learn.lr_finder.lrs, learn.lr_finder.losses
+    found = learn.lr_find(start_lr=1e-5, end_lr=1e3, num_it=100)
+    lrs, losses = found.lrs, found.losses
     ratios = [b / a for a, b in zip(lrs, lrs[1:], strict=False)]
     assert all(r == pytest.approx(ratios[0]) for r in ratios)
     assert ratios[0] == pytest.approx((1e3 / 1e-5) ** (1 / 99))

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from convscope.learner import Callback
+from convscope.callback import Callback
 
 FORMAT = "convscope.activation_stats/1"
 
@@ -211,6 +211,53 @@ class ActivationStats(Callback):
         self.stats = list(stats.unbind(0))
         self.hists = list(hists.unbind(0))
         self.ranges = [r if r is not None else (0.0, self.hist_max) for r in self._ranges]
+
+    # --- checkpoints -----------------------------------------------------------------------
+    def state_dict(self) -> dict | None:
+        """What was recorded so far, the sampling generator and the histogram ranges: a fit
+        resumed from a checkpoint then ends with the records an uninterrupted one has, tensor
+        for tensor. Reads the device once (at a checkpoint, not per batch)."""
+        if self._handles:  # during a fit: the records live in the preallocated buffers
+            n = self._count
+            return {"layer_names": list(self.layer_names), "batches": list(self.batches),
+                    "ranges": list(self._ranges), "stats": self._stats[:, :n].cpu(),
+                    "hists": self._hists[:, :n].cpu(), "generator": self._gen.get_state()}
+        if not self.layer_names:
+            return None
+        return {"layer_names": list(self.layer_names), "batches": list(self.batches),
+                "ranges": [list(r) for r in self.ranges],
+                "stats": torch.stack(self.stats) if self.stats else torch.zeros(0, 0, 3),
+                "hists": torch.stack(self.hists) if self.hists else torch.zeros(0, 0, self.bins)}
+
+    def load_state_dict(self, state: dict) -> None:
+        names, batches = list(state["layer_names"]), list(state["batches"])
+        stats, hists = state["stats"], state["hists"]
+        ranges = [None if r is None else (float(r[0]), float(r[1])) for r in state["ranges"]]
+        if not self._handles:  # outside a fit (learn.load): the records, to read and plot
+            self.layer_names, self.batches = names, batches
+            self.stats, self.hists = list(stats.unbind(0)), list(hists.unbind(0))
+            self.ranges = [r if r is not None else (0.0, self.hist_max) for r in ranges]
+            return
+        if names != self.layer_names or hists.shape[-1] != self.bins:
+            raise ValueError(f"The checkpoint's activation statistics are of layers "
+                             f"{names} with {hists.shape[-1]} bins; this fit records "
+                             f"{self.layer_names} with {self.bins}. Resume with the same model "
+                             f"and ActivationStats settings.")
+        n = len(batches)
+        if n > self._stats.shape[1]:
+            raise ValueError(f"The checkpoint holds {n} recorded batches, more than this fit "
+                             f"records ({self._stats.shape[1]}): resume with the same length.")
+        self._stats[:, :n] = stats.to(self._stats.device)
+        self._hists[:, :n] = hists.to(self._hists.device)
+        self._count, self.batches = n, batches
+        for i, r in enumerate(ranges):
+            self._ranges[i] = r
+            if r is not None:
+                self._lo[i] = r[0]
+                self._scale[i] = self.bins / (r[1] - r[0])
+        if "generator" in state:
+            self._gen.set_state(state["generator"])
+        self._collect()
 
     # --- reading ---------------------------------------------------------------------------
     def _layer(self, idx: int | str) -> int:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from convscope.learner import Callback
+from convscope.callback import Callback
 
 
 def random_crop(x: Tensor, pad: int) -> Tensor:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from convscope.learner import Callback
+from convscope.callback import Callback
 
 
 class ChannelsLast(Callback):

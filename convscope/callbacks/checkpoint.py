@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from convscope.callback import Callback
 from convscope.checkpoint import Position, save_checkpoint
-from convscope.learner import Callback
 
 
 class CheckpointCallback(Callback):

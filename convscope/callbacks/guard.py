@@ -11,8 +11,8 @@ import math
 
 import torch
 
+from convscope.callback import Callback
 from convscope.errors import TrainingDivergedError
-from convscope.learner import Callback
 
 __all__ = ["DivergenceGuard", "TrainingDivergedError"]
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import signal
 import threading
 
-from convscope.learner import Callback, CancelFitException
+from convscope.callback import Callback, CancelFitException
 
 
 class GracefulStop(Callback):

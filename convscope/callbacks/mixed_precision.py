@@ -16,7 +16,7 @@ import warnings
 
 import torch
 
-from convscope.learner import Callback
+from convscope.callback import Callback
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -38,6 +38,8 @@ class MixedPrecision(Callback):
                              f"of {sorted(DTYPES)}.")
         self.dtype, self.init_scale = dtype, init_scale
         self._ctx = None
+        self.scaler = None
+        self._saved_scaler: dict | None = None
 
     def before_fit(self) -> None:
         learn = self.learn
@@ -49,9 +51,27 @@ class MixedPrecision(Callback):
                               f"6x slower than float32 on a CPU without fp16 instructions. "
                               f"Use bf16 or float32 there.", stacklevel=2)
             self.scaler = torch.amp.GradScaler(self.device_type, init_scale=self.init_scale)
+            if self._saved_scaler is not None:  # loaded by learn.load() before this fit
+                self.scaler.load_state_dict(self._saved_scaler)
+                self._saved_scaler = None
             learn.grad_scaler = self.scaler
             learn.backward = self._scaled_backward  # instance attributes shadow the methods
             learn.step = self._scaled_step
+
+    def state_dict(self) -> dict | None:
+        """fp16: the grad scaler's loss scale and growth count, so a resumed run scales as
+        the uninterrupted one would. bf16 holds no state."""
+        if self.scaler is None:
+            return None
+        return {"scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "scaler" not in state:
+            return
+        if self.scaler is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        else:
+            self._saved_scaler = state["scaler"]
 
     def _scaled_backward(self) -> None:
         learn = self.learn

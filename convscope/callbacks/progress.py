@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import time
 
-from convscope.learner import Callback
+from convscope.callback import Callback
 
 
 def format_row(values: list[object]) -> str:

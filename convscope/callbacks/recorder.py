@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from convscope.callback import Callback
 from convscope.callbacks.schedule import get_hyper
-from convscope.learner import Callback, _metric_name
+from convscope.metrics import metric_name
 
 
 @dataclass
@@ -65,7 +66,7 @@ class Recorder(Callback):
 
     @property
     def metric_names(self) -> list[str]:
-        return [_metric_name(m) for m in self.learn.metrics]
+        return [metric_name(m) for m in self.learn.metrics]
 
     def before_fit(self) -> None:
         self.losses, self.smooth_losses, self.values = [], [], []
@@ -138,16 +139,17 @@ class Recorder(Callback):
                        {k: [list(g) for g in v] for k, v in self.hps.items()},
                        [dict(v) for v in self.values])
 
-    def state(self) -> dict:
+    def state_dict(self) -> dict:
         """Everything recorded so far, the current epoch's batches included, as plain lists
         (for checkpoints; reads the device once)."""
         raw = torch.stack(self._raw).tolist() if getattr(self, "_raw", None) else []
         smooth = torch.stack(self._smooth).tolist() if getattr(self, "_smooth", None) else []
+        avg = getattr(self, "_avg", None)
         return {"history": self.history().__dict__, "partial": [raw, smooth],
-                "avg": None if self._avg is None else float(self._avg), "count": self._count}
+                "avg": None if avg is None else float(avg), "count": getattr(self, "_count", 0)}
 
-    def load_state(self, state: dict) -> None:
-        """Restore what `state` returned (called after before_fit, when resuming)."""
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what `state_dict` returned (called after before_fit, when resuming)."""
         h = state["history"]
         self.losses, self.smooth_losses = list(h["losses"]), list(h["smooth_losses"])
         self.hps, self.values = h["hps"], h["values"]

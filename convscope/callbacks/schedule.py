@@ -1,8 +1,5 @@
 """Hyperparameter schedules, set on every param group before each training batch.
 
-`LRFinder` and `suggest_lrs` are the learning rate finder: an exponential sweep of the lr
-over a few batches, and the rates read off the loss curve it draws.
-
 `one_cycle` is Leslie Smith's 1cycle as fastai runs it: a cosine warmup from lr_max/div to
 lr_max, then cosine annealing to lr_max/div_final, with momentum moving the opposite way so
 that the noisy high-lr phase gets less momentum. Step positions follow torch's OneCycleLR (the
@@ -14,9 +11,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from convscope.learner import Callback, CancelEpochException, CancelFitException
+from convscope.callback import Callback
 
 Schedule = Callable[[int, int], float]  # (step, total_steps) -> value
 
@@ -93,82 +89,3 @@ def one_cycle_scheduler(lr_max: float, div: float = 25.0, div_final: float = 1e5
         "lr": one_cycle(lr_max / div, lr_max, lr_max / div_final, pct_start),
         "mom": one_cycle(*moms, pct_start),
     })
-
-
-class LRFinder(Callback):
-    """The sweep behind `Learner.lr_find`: the lr grows exponentially from `start_lr` to
-    `end_lr` over `num_it` batches; stops early once the smoothed loss passes `stop_div`
-    times its best (or is NaN)."""
-
-    order = 10
-
-    def __init__(self, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100,
-                 stop_div: float = 4.0, beta: float = 0.98) -> None:
-        if not 0 < start_lr < end_lr:
-            raise ValueError(f"Expected 0 < start_lr < end_lr. Received: start_lr={start_lr}, "
-                             f"end_lr={end_lr}.")
-        if num_it < 2:
-            raise ValueError(f"num_it must be >= 2. Received: num_it={num_it}.")
-        self.start_lr, self.end_lr, self.num_it = start_lr, end_lr, num_it
-        self.stop_div, self.beta = stop_div, beta
-        self.lrs: list[float] = []
-        self.losses: list[float] = []
-
-    def before_fit(self) -> None:
-        self.lrs, self.losses, self._avg, self._best = [], [], 0.0, math.inf
-
-    def before_batch(self) -> None:
-        if not self.learn.training:
-            raise CancelEpochException  # no validation during the sweep
-        step = self.learn.train_iter
-        lr = self.start_lr * (self.end_lr / self.start_lr) ** (step / (self.num_it - 1))
-        for group in self.learn.opt.param_groups:
-            group["lr"] = lr
-
-    def after_batch(self) -> None:
-        if not self.learn.training:
-            return
-        loss = float(self.learn.loss.detach())  # a short sweep: reading every batch is fine
-        self._avg = self.beta * self._avg + (1 - self.beta) * loss
-        smooth = self._avg / (1 - self.beta ** (len(self.losses) + 1))
-        self.lrs.append(self.learn.opt.param_groups[0]["lr"])
-        self.losses.append(smooth)
-        self._best = min(self._best, smooth)
-        if (not math.isfinite(smooth) or smooth > self.stop_div * self._best
-                or len(self.losses) >= self.num_it):
-            raise CancelFitException
-
-
-@dataclass(frozen=True)
-class SuggestedLRs:
-    """Learning rates read off an lr_find curve.
-
-    valley: two thirds of the way (in steps) down the descent, from the last highest loss
-        before the minimum to the minimum; steep: where the loss falls fastest; minimum: a
-        tenth of the lr at the lowest loss (the minimum itself is already too high).
-    """
-
-    valley: float
-    steep: float
-    minimum: float
-
-
-def suggest_lrs(lrs: list[float], losses: list[float]) -> SuggestedLRs:
-    """Suggestions from an lr_find sweep (smoothed losses)."""
-    pairs = [(lr, loss) for lr, loss in zip(lrs, losses, strict=True) if math.isfinite(loss)]
-    if len(pairs) < 3:
-        raise ValueError(f"lr_find needs at least 3 finite losses to suggest a learning rate; "
-                         f"it got {len(pairs)}. Lower start_lr or use more data.")
-    lrs, losses = [p[0] for p in pairs], [p[1] for p in pairs]
-    n = len(losses)
-    # the descent: from the last highest point before the minimum down to the minimum
-    end = min(range(n), key=losses.__getitem__)
-    peak = max(losses[: end + 1])
-    start = max(i for i in range(end + 1) if losses[i] == peak)
-    valley = lrs[start + (end - start) * 2 // 3]
-    logs = [math.log(lr) for lr in lrs]
-    slopes = [(losses[i + 1] - losses[i]) / (logs[i + 1] - logs[i]) for i in range(n - 1)]
-    skip = max(1, n // 20) if n > 10 else 0  # the first smoothed values are mostly noise
-    steep = lrs[min(range(skip, n - 1), key=slopes.__getitem__)]
-    minimum = lrs[min(range(n), key=losses.__getitem__)] / 10
-    return SuggestedLRs(valley=valley, steep=steep, minimum=minimum)
