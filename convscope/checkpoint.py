@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from convscope.errors import UsageError
 from convscope.files import read_safetensors
 
 FORMAT = "convscope.checkpoint"
@@ -154,7 +155,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict]:
     path = Path(path)
     tensors, meta = read_safetensors(path, FORMAT, "a convscope checkpoint")
     if int(meta.get("version", 0)) > VERSION:
-        raise ValueError(f"{path}: checkpoint format version {meta['version']} is newer than "
+        raise UsageError(f"{path}: checkpoint format version {meta['version']} is newer than "
                          f"this convscope reads ({VERSION}). Upgrade convscope.")
     try:
         parsed = {k: json.loads(meta[k]) for k in ("position", "optimizer", "rng")}
@@ -165,7 +166,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict]:
             parsed["callbacks"] = {} if recorder is None else {"recorder": recorder}
         parsed["world"] = json.loads(meta.get("world", '{"world_size": 1, "global_bs": null}'))
     except (KeyError, ValueError) as e:
-        raise ValueError(f"{path}: checkpoint metadata is incomplete or corrupt: {e}") from None
+        raise UsageError(f"{path}: checkpoint metadata is incomplete or corrupt: {e}") from None
     return tensors, parsed
 
 
@@ -188,7 +189,7 @@ def check_architecture(model: nn.Module, state: dict[str, torch.Tensor], path: P
     if shapes:
         parts.append("shapes differ: " + ", ".join(
             f"{k} checkpoint {saved[k]} vs model {own[k]}" for k in shapes[:8]))
-    raise ValueError(f"{path}: the checkpoint is for another architecture; "
+    raise UsageError(f"{path}: the checkpoint is for another architecture; "
                      + "; ".join(parts) + ".")
 
 
@@ -199,7 +200,7 @@ def check_world(learn, world: dict, path: Path) -> None:
     if world["world_size"] == own["world_size"]:
         return
     n = world["world_size"]
-    raise ValueError(
+    raise UsageError(
         f"{path} was written by a run in {n} process{'es' if n != 1 else ''} (global batch "
         f"{world['global_bs']}); this one runs in {own['world_size']}. Resume it in {n}: "
         f"`convscope train --resume RUN_DIR` starts {n} again (or `torchrun "
@@ -238,7 +239,7 @@ def load_checkpoint(learn, path: str | Path, resuming: bool = False) -> Position
         try:
             learn.opt.load_state_dict({"state": state, "param_groups": opt_meta["groups"]})
         except (ValueError, KeyError) as e:
-            raise ValueError(f"{path}: the optimizer state does not fit this learner's "
+            raise UsageError(f"{path}: the optimizer state does not fit this learner's "
                              f"optimizer: {e}") from None
     restore_rng(tensors, meta["rng"], learn.dls.train.generator)
     saved = meta["callbacks"]

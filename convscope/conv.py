@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from convscope.errors import UsageError
 from convscope.trace import trace
 
 _T = [[-1.0, -1.0, -1.0], [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]
@@ -39,7 +40,7 @@ def kernel(name: str) -> Tensor:
             [ 1.,  1.,  1.]])
     """
     if name not in KERNELS:
-        raise ValueError(f"Unknown kernel. Received: {name!r}. Choose one of {sorted(KERNELS)}.")
+        raise UsageError(f"Unknown kernel. Received: {name!r}. Choose one of {sorted(KERNELS)}.")
     return KERNELS[name].clone()
 
 
@@ -59,12 +60,12 @@ def apply_kernel(img: Tensor, row: int, col: int, kernel: Tensor) -> Tensor:
     """
     k = kernel.shape[-1]
     if kernel.ndim != 2 or kernel.shape[0] != k or k % 2 == 0:
-        raise ValueError(f"Expected a square kernel of odd size. Received: shape "
+        raise UsageError(f"Expected a square kernel of odd size. Received: shape "
                          f"{tuple(kernel.shape)}.")
     r = k // 2
     h, w = img.shape[-2:]
     if not (r <= row < h - r and r <= col < w - r):
-        raise ValueError(f"The {k}x{k} window around ({row}, {col}) leaves the {h}x{w} image; "
+        raise UsageError(f"The {k}x{k} window around ({row}, {col}) leaves the {h}x{w} image; "
                          f"row must be in [{r}, {h - r - 1}] and col in [{r}, {w - r - 1}].")
     return (img[row - r: row + r + 1, col - r: col + r + 1] * kernel).sum()
 
@@ -72,13 +73,13 @@ def apply_kernel(img: Tensor, row: int, col: int, kernel: Tensor) -> Tensor:
 def _padding(padding: int | str, ks: int, stride: int, dilation: int = 1) -> int:
     if padding == "same":
         if stride != 1:
-            raise ValueError(f"padding='same' needs stride 1 (as in PyTorch). Received: "
+            raise UsageError(f"padding='same' needs stride 1 (as in PyTorch). Received: "
                              f"stride={stride}.")
         if ks % 2 == 0:
-            raise ValueError(f"padding='same' needs an odd kernel size here. Received: ks={ks}.")
+            raise UsageError(f"padding='same' needs an odd kernel size here. Received: ks={ks}.")
         return dilation * (ks - 1) // 2
     if isinstance(padding, str) or padding < 0:
-        raise ValueError(f"padding must be an int >= 0 or 'same'. Received: {padding!r}.")
+        raise UsageError(f"padding must be an int >= 0 or 'same'. Received: {padding!r}.")
     return padding
 
 
@@ -92,12 +93,12 @@ def conv_out_size(n: int, ks: int, stride: int = 1, padding: int | str = 0,
     4
     """
     if n < 1 or ks < 1 or stride < 1 or dilation < 1:
-        raise ValueError(f"n, ks, stride and dilation must be >= 1. Received: n={n}, ks={ks}, "
+        raise UsageError(f"n, ks, stride and dilation must be >= 1. Received: n={n}, ks={ks}, "
                          f"stride={stride}, dilation={dilation}.")
     p = _padding(padding, ks, stride, dilation)
     out = (n + 2 * p - dilation * (ks - 1) - 1) // stride + 1
     if out < 1:
-        raise ValueError(f"A {ks}x{ks} kernel does not fit a size-{n} input with padding {p}.")
+        raise UsageError(f"A {ks}x{ks} kernel does not fit a size-{n} input with padding {p}.")
     return out
 
 
@@ -109,7 +110,7 @@ def _as_nchw(x: Tensor, w: Tensor) -> tuple[Tensor, Tensor, bool]:
     while w.ndim < 4:
         w = w.unsqueeze(0)
     if w.shape[1] != x.shape[1]:
-        raise ValueError(f"The kernel's input channels must match the image's. Received: image "
+        raise UsageError(f"The kernel's input channels must match the image's. Received: image "
                          f"(N, C, H, W) = {tuple(x.shape)}, kernel (C_out, C_in, kh, kw) = "
                          f"{tuple(w.shape)}.")
     return x, w, squeeze
@@ -209,7 +210,7 @@ def conv_matrix(kernel: Tensor, in_shape: tuple[int, ...], stride: int = 1,
         w = w.unsqueeze(0)
     shape = tuple(in_shape) if len(in_shape) == 3 else (1, *in_shape)
     if shape[0] != w.shape[1]:
-        raise ValueError(f"in_shape has {shape[0]} channels but the kernel expects {w.shape[1]}."
+        raise UsageError(f"in_shape has {shape[0]} channels but the kernel expects {w.shape[1]}."
                          f" Received: in_shape={tuple(in_shape)}, kernel {tuple(w.shape)}.")
     c, h, wd = shape
     kh, kw = w.shape[-2:]

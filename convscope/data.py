@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from convscope.errors import MissingDataError, UsageError
 from convscope.files import atomic_write_bytes
 
 # dtype code (third byte of the magic number) -> (numpy big-endian dtype, name)
@@ -65,7 +66,7 @@ def _open_idx(path: Path) -> tuple[object, int]:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
             if f.tell() < 18:
-                raise ValueError(f"{path}: not a gzip file ({f.tell()} bytes is too short).")
+                raise UsageError(f"{path}: not a gzip file ({f.tell()} bytes is too short).")
             f.seek(-4, os.SEEK_END)
             (size,) = struct.unpack("<I", f.read(4))
         return gzip.open(path, "rb"), size
@@ -93,45 +94,45 @@ def read_idx(path: str | Path, md5: str | None = None) -> np.ndarray:
     try:
         stream, size = _open_idx(path)
     except FileNotFoundError:
-        raise ValueError(f"{path}: no such file.") from None
+        raise UsageError(f"{path}: no such file.") from None
     digest = hashlib.md5() if md5 else None
     try:
         with stream as f:  # type: ignore[attr-defined]
             head = f.read(4)
             if len(head) < 4:
-                raise ValueError(f"{path}: truncated: {len(head)} bytes, an IDX header needs 4.")
+                raise UsageError(f"{path}: truncated: {len(head)} bytes, an IDX header needs 4.")
             if head[0] != 0 or head[1] != 0 or head[2] not in IDX_DTYPES:
-                raise ValueError(
+                raise UsageError(
                     f"{path}: wrong magic number {head.hex()}: an IDX file starts with two zero "
                     f"bytes, a dtype code in {[hex(c) for c in IDX_DTYPES]} and the number of dims."
                 )
             dtype, _ = IDX_DTYPES[head[2]]
             ndim = head[3]
             if ndim == 0:
-                raise ValueError(f"{path}: header says 0 dims; expected at least 1.")
+                raise UsageError(f"{path}: header says 0 dims; expected at least 1.")
             raw_dims = f.read(4 * ndim)
             if len(raw_dims) < 4 * ndim:
-                raise ValueError(f"{path}: truncated in the header: {ndim} dims need "
+                raise UsageError(f"{path}: truncated in the header: {ndim} dims need "
                                  f"{4 * ndim} bytes, found {len(raw_dims)}.")
             dims = struct.unpack(f">{ndim}I", raw_dims)
             n_bytes = math.prod(dims) * dtype.itemsize
             header = 4 + 4 * ndim
             if header + n_bytes != size:
                 kind = "truncated" if header + n_bytes > size else "has trailing bytes"
-                raise ValueError(
+                raise UsageError(
                     f"{path}: {kind}: the header's dims {dims} of {dtype.name} need "
                     f"{n_bytes} bytes of data, the file holds {size - header}."
                 )
             data = f.read(n_bytes)
             if len(data) != n_bytes:  # the gzip trailer can lie, the stream cannot
-                raise ValueError(f"{path}: truncated: expected {n_bytes} bytes of data, "
+                raise UsageError(f"{path}: truncated: expected {n_bytes} bytes of data, "
                                  f"read {len(data)}.")
             if digest is not None:
                 digest.update(head + raw_dims + data)
     except (OSError, EOFError, gzip.BadGzipFile) as e:
-        raise ValueError(f"{path}: cannot be read as IDX: {e}") from None
+        raise UsageError(f"{path}: cannot be read as IDX: {e}") from None
     if digest is not None and digest.hexdigest() != md5:
-        raise ValueError(f"{path}: checksum mismatch: expected MD5 {md5}, "
+        raise UsageError(f"{path}: checksum mismatch: expected MD5 {md5}, "
                          f"got {digest.hexdigest()}. The file is damaged or not the original.")
     return np.frombuffer(data, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="))
 
@@ -159,7 +160,7 @@ class ImageData:
     def split(self, valid_pct: float, seed: int = 0) -> ImageData:
         """Hold out `valid_pct` of the training set as the valid set (the test set is unused)."""
         if not 0 < valid_pct < 1:
-            raise ValueError(f"valid_pct must be in (0, 1). Received: valid_pct={valid_pct}.")
+            raise UsageError(f"valid_pct must be in (0, 1). Received: valid_pct={valid_pct}.")
         g = torch.Generator().manual_seed(seed)
         perm = torch.randperm(len(self.y_train), generator=g)
         n_valid = int(round(valid_pct * len(perm)))
@@ -193,11 +194,11 @@ def idx_folder(folder: str | Path, md5: dict[str, str] | None = None,
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise ValueError(f"Data folder not found. Received: {str(folder)!r}. Expected a folder "
+        raise UsageError(f"Data folder not found. Received: {str(folder)!r}. Expected a folder "
                          f"holding {', '.join(MNIST_FILES.values())} (raw or .gz).")
     missing = missing_idx_files(folder)
     if missing:
-        raise ValueError(f"Data folder {str(folder)!r} lacks {', '.join(missing)} "
+        raise UsageError(f"Data folder {str(folder)!r} lacks {', '.join(missing)} "
                          f"(raw or .gz).")
     md5 = md5 or {}
     arrays = {}
@@ -207,15 +208,15 @@ def idx_folder(folder: str | Path, md5: dict[str, str] | None = None,
         x, y = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         xfile, yfile = MNIST_FILES[f"{split}_images"], MNIST_FILES[f"{split}_labels"]
         if x.ndim != 3 or x.dtype != np.uint8:
-            raise ValueError(f"{folder / xfile}: expected uint8 images of shape (N, H, W), "
+            raise UsageError(f"{folder / xfile}: expected uint8 images of shape (N, H, W), "
                              f"got {x.dtype} of shape {x.shape}.")
         if y.ndim != 1:
-            raise ValueError(f"{folder / yfile}: expected labels of shape (N,), got {y.shape}.")
+            raise UsageError(f"{folder / yfile}: expected labels of shape (N,), got {y.shape}.")
         if len(x) != len(y):
-            raise ValueError(f"{folder}: {xfile} holds {len(x)} images but {yfile} holds "
+            raise UsageError(f"{folder}: {xfile} holds {len(x)} images but {yfile} holds "
                              f"{len(y)} labels.")
     if arrays["train_images"].shape[1:] != arrays["valid_images"].shape[1:]:
-        raise ValueError(f"{folder}: train images are {arrays['train_images'].shape[1:]}, "
+        raise UsageError(f"{folder}: train images are {arrays['train_images'].shape[1:]}, "
                          f"test images {arrays['valid_images'].shape[1:]}; they must match.")
     y_train = torch.from_numpy(arrays["train_labels"].astype(np.int64))
     y_valid = torch.from_numpy(arrays["valid_labels"].astype(np.int64))
@@ -223,17 +224,17 @@ def idx_folder(folder: str | Path, md5: dict[str, str] | None = None,
                    (MNIST_FILES["train_labels"], MNIST_FILES["valid_labels"])}
     for name, y in ((MNIST_FILES["train_labels"], y_train), (MNIST_FILES["valid_labels"], y_valid)):
         if len(y) and int(y.min()) < 0:
-            raise ValueError(f"{label_files[name]}: labels must be >= 0, found {int(y.min())}.")
+            raise UsageError(f"{label_files[name]}: labels must be >= 0, found {int(y.min())}.")
     # the classes are those of the training labels, unless the caller knows how many there are
     found = int(y_train.max()) + 1 if len(y_train) else 0
     n_classes = n_classes or found
     if n_classes > 1000:
-        raise ValueError(f"{label_files[MNIST_FILES['train_labels']]}: labels go up to "
+        raise UsageError(f"{label_files[MNIST_FILES['train_labels']]}: labels go up to "
                          f"{n_classes - 1}; expected class indices below 1000. Are the label "
                          f"files really labels?")
     for name, y in ((MNIST_FILES["train_labels"], y_train), (MNIST_FILES["valid_labels"], y_valid)):
         if len(y) and int(y.max()) >= n_classes:
-            raise ValueError(f"{label_files[name]}: label {int(y.max())} is outside the {n_classes}"
+            raise UsageError(f"{label_files[name]}: label {int(y.max())} is outside the {n_classes}"
                              f" classes (0..{n_classes - 1}).")
     return ImageData(
         torch.from_numpy(arrays["train_images"]).unsqueeze(1),  # (N, 1, H, W)
@@ -261,11 +262,11 @@ def load_image(path: str | Path) -> Tensor:
             im = im.convert("L") if im.mode in ("1", "L", "I;16", "I", "F") else im.convert("RGB")
             array = np.asarray(im, dtype=np.uint8)
     except FileNotFoundError:
-        raise ValueError(f"{path}: no such image file.") from None
+        raise UsageError(f"{path}: no such image file.") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ValueError(f"{path}: cannot be read as an image: {e}") from None
+        raise UsageError(f"{path}: cannot be read as an image: {e}") from None
     except Image.DecompressionBombError as e:
-        raise ValueError(f"{path}: refused, too many pixels (a decompression bomb?): {e}") from None
+        raise UsageError(f"{path}: refused, too many pixels (a decompression bomb?): {e}") from None
     tensor = torch.from_numpy(array.copy())
     return tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1).contiguous()
 
@@ -289,7 +290,7 @@ def _download_mnist(dest: Path, timeout: float = 20.0) -> None:
                     payload = r.read()
                 got = hashlib.md5(gzip.decompress(payload)).hexdigest()
                 if got != md5:
-                    raise ValueError(f"checksum mismatch: expected {md5}, got {got}")
+                    raise UsageError(f"checksum mismatch: expected {md5}, got {got}")
             except (urllib.error.URLError, OSError, ValueError, EOFError) as e:
                 errors.append(f"{mirror}: {e}")
                 continue
@@ -321,7 +322,7 @@ def mnist(path: str | Path | None = None, download: bool = True) -> ImageData:
             return idx_folder(folder, md5=MNIST_MD5, n_classes=10)
         looked.append(f"{label} {folder}")
         if label == "path":  # an explicit path that does not hold MNIST is an error, not a hint
-            raise ValueError(f"No MNIST at {str(folder)!r}: it lacks "
+            raise UsageError(f"No MNIST at {str(folder)!r}: it lacks "
                              f"{', '.join(missing_idx_files(folder)) or 'the folder itself'}.")
     if download:
         target = cache_dir() / "mnist"
@@ -330,7 +331,7 @@ def mnist(path: str | Path | None = None, download: bool = True) -> ImageData:
             return idx_folder(target, md5=MNIST_MD5, n_classes=10)
         except OSError as e:
             looked.append(f"download ({e})")
-    raise FileNotFoundError(
+    raise MissingDataError(
         "MNIST not found. Looked in: " + "; ".join(looked) + ". Put the four files "
         f"({', '.join(MNIST_FILES.values())}, raw or .gz) in a folder and pass it as "
         "`--data DIR`, `mnist(path)` or $CONVSCOPE_DATA."
@@ -349,10 +350,10 @@ class DataLoader:
                  mean: Tensor | None = None, std: Tensor | None = None,
                  drop_last: bool = False) -> None:
         if x.dtype != torch.uint8 or x.ndim != 4:
-            raise ValueError(f"Expected uint8 images of shape (N, C, H, W). Received: "
+            raise UsageError(f"Expected uint8 images of shape (N, C, H, W). Received: "
                              f"{x.dtype} of shape {tuple(x.shape)}.")
         if bs < 1:
-            raise ValueError(f"Batch size must be at least 1. Received: bs={bs}.")
+            raise UsageError(f"Batch size must be at least 1. Received: bs={bs}.")
         self.x, self.y, self.bs = x, y, bs
         self.shuffle, self.drop_last = shuffle, drop_last
         self.rank, self.world_size = 0, 1
@@ -373,7 +374,7 @@ class DataLoader:
         draws the same order (same seed) and takes batches rank, rank + world_size, ...
         Shuffled (training) loaders drop the last few batches so every rank has as many."""
         if not 0 <= rank < world_size:
-            raise ValueError(f"Expected 0 <= rank < world_size. Received: rank={rank}, "
+            raise UsageError(f"Expected 0 <= rank < world_size. Received: rank={rank}, "
                              f"world_size={world_size}.")
         self.rank, self.world_size = rank, world_size
         return self
@@ -478,9 +479,9 @@ class DataLoaders:
                 computed from the training images when None.
         """
         if bs < 1:
-            raise ValueError(f"Batch size must be at least 1. Received: bs={bs}.")
+            raise UsageError(f"Batch size must be at least 1. Received: bs={bs}.")
         if len(data.y_train) == 0 or len(data.y_valid) == 0:
-            raise ValueError(f"Need images in both splits. Received: {len(data.y_train)} train "
+            raise UsageError(f"Need images in both splits. Received: {len(data.y_train)} train "
                              f"and {len(data.y_valid)} valid images.")
         mean, std = channel_stats(data.x_train) if stats is None else stats
         dev = torch.device(device)

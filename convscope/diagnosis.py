@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from convscope.errors import UsageError
+
 SEVERITIES = ("error", "warning", "info")
 
 
@@ -279,7 +281,7 @@ def diagnose(learn=None, stats=None, history=None,
         findings += collapse_or_explode(stats, th)
         findings += unstable_layers(stats, th)
     if stats is None and history is None:
-        raise ValueError("diagnose needs a Learner after fit, or recorded stats or history.")
+        raise UsageError("diagnose needs a Learner after fit, or recorded stats or history.")
     findings.sort(key=lambda f: SEVERITIES.index(f.severity))
     if not findings:
         looked = (["the loss"] if history is not None and history.losses else []) + (

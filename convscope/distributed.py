@@ -17,6 +17,7 @@ import torch.distributed as dist
 from torch import nn
 
 from convscope.callback import Callback
+from convscope.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ def setup(device: torch.device) -> DistInfo:
     missing = [v for v in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
                if v not in os.environ]
     if missing:
-        raise ValueError(f"Distributed training needs the variables torchrun sets; missing "
+        raise UsageError(f"Distributed training needs the variables torchrun sets; missing "
                          f"{', '.join(missing)}. Start it with `convscope train --nproc N` or "
                          f"`torchrun --nproc-per-node=N -m convscope train`.")
     info = DistInfo(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]),
@@ -79,7 +80,7 @@ class Distributed(Callback):
     def before_fit(self) -> None:
         learn = self.learn
         if self.sync_bn and learn.dls.device.type != "cuda":
-            raise ValueError("sync_bn needs CUDA: torch's SyncBatchNorm runs only on GPUs. "
+            raise UsageError("sync_bn needs CUDA: torch's SyncBatchNorm runs only on GPUs. "
                              "Drop --sync-bn on the CPU.")
         self.inner = learn.model
         if self.sync_bn:

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from convscope.errors import UsageError
+
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
     """Write a file through `write(f)` so that it is either complete or absent: temp file in
@@ -51,17 +53,17 @@ def read_safetensors(path: str | Path, fmt: str, what: str) -> tuple[dict, dict[
 
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"No such file: {str(path)!r} (expected {what}).")
+        raise UsageError(f"No such file: {str(path)!r} (expected {what}).")
     try:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
             if meta.get("format") != fmt:
-                raise ValueError(f"{path}: not {what} (its metadata names format "
+                raise UsageError(f"{path}: not {what} (its metadata names format "
                                  f"{meta.get('format')!r}, expected {fmt!r}).")
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-    except ValueError:
+    except UsageError:
         raise
     except Exception as e:  # safetensors raises its own error types for damaged files
-        raise ValueError(f"{path}: cannot be read as {what} (truncated or corrupt?): "
+        raise UsageError(f"{path}: cannot be read as {what} (truncated or corrupt?): "
                          f"{e}") from None
     return tensors, meta

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from convscope.data import ImageData, cache_dir
+from convscope.errors import UsageError
 from convscope.files import atomic_write, atomic_write_bytes
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -51,26 +52,26 @@ def find_layout(root: Path) -> tuple[dict[str, list[Path]], dict[str, list[Path]
     """The class -> files maps of the train split and, when the folder has one, the valid
     split. Raises ValueError for a folder with no class folders or no images."""
     if not root.is_dir():
-        raise ValueError(f"Image folder not found. Received: {str(root)!r}.")
+        raise UsageError(f"Image folder not found. Received: {str(root)!r}.")
     valid_folder = valid_dir(root)
     if valid_folder is not None:
         train, valid = _class_folders(root / "train"), _class_folders(valid_folder)
     else:
         train, valid = _class_folders(root), None
     if not train:
-        raise ValueError(f"{root} holds no class folders. Expected DIR/<class>/<images> or "
+        raise UsageError(f"{root} holds no class folders. Expected DIR/<class>/<images> or "
                          f"DIR/train/<class>/... with DIR/valid/<class>/...")
     empty = [c for c, files in train.items() if not files]
     if empty and len(empty) == len(train):
-        raise ValueError(f"{root}: no images found (looked for {', '.join(sorted(EXTENSIONS))}"
+        raise UsageError(f"{root}: no images found (looked for {', '.join(sorted(EXTENSIONS))}"
                          f" in {len(train)} class folders).")
     if empty:
-        raise ValueError(f"{root}: class folder(s) with no images: {', '.join(empty)}. Remove "
+        raise UsageError(f"{root}: class folder(s) with no images: {', '.join(empty)}. Remove "
                          f"them or add images.")
     if valid is not None:
         unknown = sorted(set(valid) - set(train))
         if unknown:
-            raise ValueError(f"{valid_folder}: classes {unknown} are not among the training "
+            raise UsageError(f"{valid_folder}: classes {unknown} are not among the training "
                              f"classes {sorted(train)}.")
     return train, valid
 
@@ -134,11 +135,11 @@ def decode_all(files: list[Path], size: int, mode: str, skip_bad: bool = False,
     bad = [f"{f}: {d}" for f, d in zip(files, decoded, strict=True) if isinstance(d, str)]
     if bad and not skip_bad:
         shown = "; ".join(bad[:10]) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
-        raise ValueError(f"{len(bad)} bad image file(s): {shown}. Fix or remove them, or skip "
+        raise UsageError(f"{len(bad)} bad image file(s): {shown}. Fix or remove them, or skip "
                          f"them (--skip-bad).")
     kept = [i for i, d in enumerate(decoded) if not isinstance(d, str)]
     if not kept:
-        raise ValueError(f"None of the {len(files)} image files could be read.")
+        raise UsageError(f"None of the {len(files)} image files could be read.")
     arrays = [decoded[i] for i in kept]
     x = np.stack(arrays)  # (N, H, W) or (N, H, W, 3)
     x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)  # (N, C, H, W)
@@ -168,9 +169,9 @@ def image_folder(path: str | Path, size: int = 28, valid_pct: float = 0.2, seed:
     """
     root = Path(path)
     if size < 1:
-        raise ValueError(f"size must be >= 1. Received: size={size}.")
+        raise UsageError(f"size must be >= 1. Received: size={size}.")
     if not 0 < valid_pct < 1:
-        raise ValueError(f"valid_pct must be in (0, 1). Received: valid_pct={valid_pct}.")
+        raise UsageError(f"valid_pct must be in (0, 1). Received: valid_pct={valid_pct}.")
     train, valid = find_layout(root)
     classes = sorted(train)
     index = {c: i for i, c in enumerate(classes)}
@@ -196,7 +197,7 @@ def image_folder(path: str | Path, size: int = 28, valid_pct: float = 0.2, seed:
         data = ImageData(x_all, y_all, x_all[:0], y_all[:0], classes, str(root))
         data = data.split(valid_pct, seed=seed)
     if len(data.y_train) == 0 or len(data.y_valid) == 0:
-        raise ValueError(f"{root}: after the split, train has {len(data.y_train)} and valid "
+        raise UsageError(f"{root}: after the split, train has {len(data.y_train)} and valid "
                          f"{len(data.y_valid)} images; both need at least one.")
     data.skipped = bad
     return data

@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from convscope.errors import UsageError
+
 
 class Flatten(nn.Module):
     """(N, C, 1, 1) -> (N, C): drops the unit spatial dims left by the last stride-2 conv."""
@@ -34,7 +36,7 @@ def conv(ni: int, nf: int, ks: int = 3, stride: int = 2, act: bool = True,
     (['Conv2d', 'BatchNorm2d', 'ReLU'], torch.Size([2, 8, 14, 14]))
     """
     if ks % 2 != 1:
-        raise ValueError(f"Kernel size must be odd so padding ks//2 keeps the grid centred. "
+        raise UsageError(f"Kernel size must be odd so padding ks//2 keeps the grid centred. "
                          f"Received: ks={ks}.")
     layers: list[nn.Module] = [nn.Conv2d(ni, nf, ks, stride=stride, padding=ks // 2, bias=not bn)]
     if bn:
@@ -69,7 +71,7 @@ class BatchNorm2d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if x.ndim != 4 or x.shape[1] != self.num_features:
-            raise ValueError(f"BatchNorm2d({self.num_features}) expects (N, "
+            raise UsageError(f"BatchNorm2d({self.num_features}) expects (N, "
                              f"{self.num_features}, H, W). Received: {tuple(x.shape)}.")
         if self.training:
             mean = x.mean(dim=(0, 2, 3))  # (C,)

@@ -27,6 +27,7 @@ from convscope.callback import (
     handles,
 )
 from convscope.data import DataLoader, DataLoaders
+from convscope.errors import UsageError
 from convscope.metrics import accuracy, metric_name
 from convscope.optimizers import adamw
 
@@ -94,7 +95,7 @@ class Learner:
                             f"Did you pass the class instead of `{cb!r}()`?")
         existing = getattr(self, cb.name, None)
         if existing is not None and not isinstance(existing, Callback):
-            raise ValueError(f"Callback name {cb.name!r} clashes with the learner attribute of "
+            raise UsageError(f"Callback name {cb.name!r} clashes with the learner attribute of "
                              f"that name. Rename the callback class.")
         displaced = existing if existing in self.cbs else None
         if displaced is not None:
@@ -110,11 +111,11 @@ class Learner:
         if isinstance(cb, str):
             found = [c for c in self.cbs if c.name == cb]
             if not found:
-                raise ValueError(f"No callback named {cb!r}. Attached: "
+                raise UsageError(f"No callback named {cb!r}. Attached: "
                                  f"{[c.name for c in self.cbs]}.")
             cb = found[0]
         if cb not in self.cbs:
-            raise ValueError(f"{type(cb).__name__} is not attached to this learner. Attached: "
+            raise UsageError(f"{type(cb).__name__} is not attached to this learner. Attached: "
                              f"{[c.name for c in self.cbs]}.")
         self.cbs.remove(cb)
         if getattr(self, cb.name, None) is cb:
@@ -164,10 +165,10 @@ class Learner:
                 order and recorder history), as if training had never stopped.
         """
         if n_epoch < 0:
-            raise ValueError(f"n_epoch must be >= 0. Received: n_epoch={n_epoch}.")
+            raise UsageError(f"n_epoch must be >= 0. Received: n_epoch={n_epoch}.")
         lr = self.lr if lr is None else lr
         if not lr > 0:
-            raise ValueError(f"Learning rate must be > 0. Received: lr={lr}.")
+            raise UsageError(f"Learning rate must be > 0. Received: lr={lr}.")
         cbs = list(cbs)
         displaced = [self._attach(cb) for cb in cbs]
         try:
@@ -193,7 +194,7 @@ class Learner:
 
             pos = load_checkpoint(self, self._resume, resuming=True)
             if pos.n_epoch != self.n_epoch:
-                raise ValueError(f"The checkpoint {str(self._resume)!r} is from a fit of "
+                raise UsageError(f"The checkpoint {str(self._resume)!r} is from a fit of "
                                  f"{pos.n_epoch} epochs; resume it with n_epoch={pos.n_epoch}"
                                  f" (received {self.n_epoch}) so the schedule matches.")
             start_epoch, self._start_batch, self.train_iter = pos.epoch, pos.batch, pos.train_iter

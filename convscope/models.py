@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from convscope.errors import UsageError
 from convscope.layers import Flatten, conv
 
 
@@ -24,7 +25,7 @@ class SimpleCNN(nn.Sequential):
 
     def forward(self, x: Tensor) -> Tensor:
         if x.ndim != 4 or x.shape[1] != self.in_channels or min(x.shape[-2:]) < self.min_size:
-            raise ValueError(
+            raise UsageError(
                 f"simple_cnn expects images of shape (N, {self.in_channels}, H, W) with H, W >= "
                 f"{self.min_size}. Received: {tuple(x.shape)}."
                 + (" A colour image into a 1-channel model? Build it with "
@@ -53,7 +54,7 @@ def simple_cnn(in_channels: int = 1, n_classes: int = 10,
     torch.Size([2, 10])
     """
     if not widths:
-        raise ValueError("widths must name at least one hidden layer, e.g. (8, 16, 32, 64).")
+        raise UsageError("widths must name at least one hidden layer, e.g. (8, 16, 32, 64).")
     chans = [in_channels, *widths]
     blocks = [conv(ni, nf, ks=first_ks if i == 0 else 3, bn=bn)
               for i, (ni, nf) in enumerate(zip(chans[:-1], chans[1:], strict=True))]

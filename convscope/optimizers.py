@@ -18,6 +18,8 @@ from functools import partial
 import torch
 from torch import Tensor
 
+from convscope.errors import UsageError
+
 __all__ = ["SGD", "AdamW", "adamw", "sgd"]
 
 
@@ -46,7 +48,7 @@ class _Optimizer(torch.optim.Optimizer):
             params = [p for p in group["params"] if p.grad is not None]
             for p in params:
                 if p.grad.is_sparse:
-                    raise ValueError(f"{type(self).__name__} does not take sparse gradients; "
+                    raise UsageError(f"{type(self).__name__} does not take sparse gradients; "
                                      f"received one for a parameter of shape {tuple(p.shape)}.")
             if params:
                 self._update(group, params, [p.grad for p in params])
@@ -67,7 +69,7 @@ class SGD(_Optimizer):
     def __init__(self, params: Iterable, lr: float, momentum: float = 0.9,
                  weight_decay: float = 0.0) -> None:
         if lr < 0 or momentum < 0 or weight_decay < 0:
-            raise ValueError(f"SGD needs lr, momentum and weight_decay >= 0. Received: lr={lr}, "
+            raise UsageError(f"SGD needs lr, momentum and weight_decay >= 0. Received: lr={lr}, "
                              f"momentum={momentum}, weight_decay={weight_decay}.")
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
 
@@ -103,7 +105,7 @@ class AdamW(_Optimizer):
     def __init__(self, params: Iterable, lr: float, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.01) -> None:
         if lr < 0 or eps < 0 or weight_decay < 0 or not all(0 <= b < 1 for b in betas):
-            raise ValueError(f"AdamW needs lr, eps, weight_decay >= 0 and betas in [0, 1). "
+            raise UsageError(f"AdamW needs lr, eps, weight_decay >= 0 and betas in [0, 1). "
                              f"Received: lr={lr}, betas={betas}, eps={eps}, "
                              f"weight_decay={weight_decay}.")
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))

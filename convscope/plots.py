@@ -12,6 +12,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from convscope.errors import UsageError
 from convscope.files import atomic_write_bytes
 
 
@@ -29,7 +30,7 @@ def show_images(images: Tensor, labels: Sequence[str] | None = None,
     """A grid of uint8 images (N, C, H, W), C = 1 or 3, each titled with its label."""
     n = len(images)
     if n == 0:
-        raise ValueError("No images to show: received an empty batch.")
+        raise UsageError("No images to show: received an empty batch.")
     ncols = ncols or math.ceil(math.sqrt(n))
     nrows = math.ceil(n / ncols)
     fig = Figure(figsize=(1.6 * ncols, 1.7 * nrows))

@@ -27,7 +27,7 @@ import torch
 
 from convscope import defaults
 from convscope.data import DataLoaders, ImageData, idx_folder, mnist
-from convscope.errors import TrainingInterrupted
+from convscope.errors import TrainingInterrupted, UsageError
 from convscope.files import atomic_write_bytes
 from convscope.learner import Learner
 from convscope.models import simple_cnn
@@ -79,30 +79,30 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.epochs < 0:
-            raise ValueError(f"Epochs must be >= 0. Received: epochs={self.epochs}.")
+            raise UsageError(f"Epochs must be >= 0. Received: epochs={self.epochs}.")
         if not self.lr > 0:
-            raise ValueError(f"Learning rate must be > 0. Received: lr={self.lr}.")
+            raise UsageError(f"Learning rate must be > 0. Received: lr={self.lr}.")
         if self.bs < 1:
-            raise ValueError(f"Batch size must be >= 1. Received: bs={self.bs}.")
+            raise UsageError(f"Batch size must be >= 1. Received: bs={self.bs}.")
         if self.subset is not None and self.subset < 1:
-            raise ValueError(f"subset must be >= 1. Received: subset={self.subset}.")
+            raise UsageError(f"subset must be >= 1. Received: subset={self.subset}.")
         if self.precision not in ("fp32", "bf16", "fp16"):
-            raise ValueError(f"Unknown precision. Received: {self.precision!r}. Choose fp32, "
+            raise UsageError(f"Unknown precision. Received: {self.precision!r}. Choose fp32, "
                              f"bf16 or fp16.")
         if self.precision == "fp16" and resolve_device(self.device).type != "cuda":
-            raise ValueError(f"fp16 needs --device cuda (received {self.device!r}): on a CPU "
+            raise UsageError(f"fp16 needs --device cuda (received {self.device!r}): on a CPU "
                              f"it runs about 6x slower than fp32. Use --precision fp32 or "
                              f"bf16 there.")
         if self.size < 1:
-            raise ValueError(f"size must be >= 1. Received: size={self.size}.")
+            raise UsageError(f"size must be >= 1. Received: size={self.size}.")
         if self.sync_bn and resolve_device(self.device).type != "cuda":
-            raise ValueError("sync_bn needs --device cuda: torch's SyncBatchNorm runs only on "
+            raise UsageError("sync_bn needs --device cuda: torch's SyncBatchNorm runs only on "
                              "GPUs.")
         if self.checkpoint_every is not None and self.checkpoint_every < 1:
-            raise ValueError(f"checkpoint_every must be >= 1. Received: "
+            raise UsageError(f"checkpoint_every must be >= 1. Received: "
                              f"{self.checkpoint_every}.")
         if self.valid_pct is not None and not 0 < self.valid_pct < 1:
-            raise ValueError(f"valid_pct must be in (0, 1). Received: {self.valid_pct}.")
+            raise UsageError(f"valid_pct must be in (0, 1). Received: {self.valid_pct}.")
         resolve_device(self.device)
 
 
@@ -111,16 +111,16 @@ def resolve_device(name: str) -> torch.device:
     try:
         dev = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"Unknown device. Received: device={name!r}. Choose cpu, cuda or "
+        raise UsageError(f"Unknown device. Received: device={name!r}. Choose cpu, cuda or "
                          f"cuda:N.") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"CUDA is not available on this machine. Received: device={name!r}. "
+        raise UsageError(f"CUDA is not available on this machine. Received: device={name!r}. "
                          f"Use --device cpu.")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(f"No such GPU. Received: device={name!r}; this machine has "
+        raise UsageError(f"No such GPU. Received: device={name!r}; this machine has "
                          f"{torch.cuda.device_count()}.")
     if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"Unsupported device. Received: device={name!r}. Choose cpu or cuda.")
+        raise UsageError(f"Unsupported device. Received: device={name!r}. Choose cpu or cuda.")
     return dev
 
 
@@ -158,7 +158,7 @@ def load_data(cfg: TrainConfig) -> ImageData:
             data = data.split(cfg.valid_pct, seed=cfg.seed)
         return data.subset(cfg.subset, seed=cfg.seed) if cfg.subset else data
     else:
-        raise ValueError(f"--data {cfg.data!r} is neither an MNIST-layout folder (it lacks "
+        raise UsageError(f"--data {cfg.data!r} is neither an MNIST-layout folder (it lacks "
                          f"{', '.join(missing_idx_files(cfg.data))}) nor a folder of class "
                          f"folders of images.")
     if cfg.valid_pct:
@@ -220,13 +220,13 @@ def load_config(run_dir: str | Path, **overrides) -> TrainConfig:
     """The TrainConfig a run folder was trained with (for resuming it)."""
     path = Path(run_dir) / "config.json"
     if not path.is_file():
-        raise ValueError(f"Cannot resume {str(run_dir)!r}: it has no config.json. Expected a "
+        raise UsageError(f"Cannot resume {str(run_dir)!r}: it has no config.json. Expected a "
                          f"run folder written by `convscope train`.")
     try:
         saved = json.loads(path.read_text())
         return TrainConfig(**{**saved, **overrides, "out": str(run_dir)})
     except (ValueError, TypeError) as e:
-        raise ValueError(f"{path}: not a valid run configuration: {e}") from None
+        raise UsageError(f"{path}: not a valid run configuration: {e}") from None
 
 
 def run_training(cfg: TrainConfig, log=print, resume: bool = False) -> TrainResult:
@@ -262,7 +262,7 @@ def _run(cfg: TrainConfig, log, resume: bool, info) -> TrainResult:
     run_dir = Path(cfg.out)
     checkpoint = run_dir / CHECKPOINT
     if resume and not checkpoint.is_file():
-        raise ValueError(f"Cannot resume {str(run_dir)!r}: it has no {CHECKPOINT} (the run "
+        raise UsageError(f"Cannot resume {str(run_dir)!r}: it has no {CHECKPOINT} (the run "
                          f"stopped before its first checkpoint). Start it again without "
                          f"--resume.")
     data = load_data(cfg)

@@ -19,6 +19,7 @@ from pathlib import Path
 from convscope.callbacks.activation_stats import ActivationStats
 from convscope.callbacks.recorder import History
 from convscope.diagnosis import Finding, diagnose
+from convscope.errors import UsageError
 from convscope.files import atomic_write_bytes
 
 REQUIRED = ("config.json", "metrics.csv", "history.json")
@@ -60,18 +61,18 @@ def load_run(run_dir: str | Path) -> Run:
     """
     path = Path(run_dir)
     if not path.is_dir():
-        raise ValueError(f"Run folder not found. Received: {str(path)!r}. Expected a folder "
+        raise UsageError(f"Run folder not found. Received: {str(path)!r}. Expected a folder "
                          f"written by `convscope train`.")
     missing = [name for name in REQUIRED if not (path / name).is_file()]
     if missing:
-        raise ValueError(f"{path} is not a complete run folder: it lacks {', '.join(missing)}.")
+        raise UsageError(f"{path} is not a complete run folder: it lacks {', '.join(missing)}.")
     try:
         config = json.loads((path / "config.json").read_text())
         with (path / "metrics.csv").open(newline="") as f:
             values = [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()}
                       for row in csv.DictReader(f)]
     except (ValueError, OSError) as e:
-        raise ValueError(f"{path}: cannot read config.json or metrics.csv: {e}") from None
+        raise UsageError(f"{path}: cannot read config.json or metrics.csv: {e}") from None
     history = History.load(path / "history.json")
     stats_file = path / "activation_stats.safetensors"
     stats = ActivationStats.load(stats_file) if stats_file.is_file() else None
@@ -83,7 +84,7 @@ def load_run(run_dir: str | Path) -> Run:
             with safe_open(str(path / "model.safetensors"), "pt") as f:
                 model_meta = f.metadata() or {}
         except Exception as e:  # safetensors' own error type for a damaged header
-            raise ValueError(f"{path / 'model.safetensors'}: cannot be read: {e}") from None
+            raise UsageError(f"{path / 'model.safetensors'}: cannot be read: {e}") from None
     return Run(path, config, values, history, stats, model_meta)
 
 

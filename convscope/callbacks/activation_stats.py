@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from convscope.callback import Callback
+from convscope.errors import UsageError
 
 FORMAT = "convscope.activation_stats/1"
 
@@ -85,7 +86,7 @@ class ActivationStats(Callback):
                  bins: int = 40, hist_max: float = 10.0, zero_thresh: float = 0.05,
                  sample: int | None = 8192, seed: int = 0) -> None:
         if every < 1 or bins < 2 or hist_max <= 0 or zero_thresh < 0:
-            raise ValueError(f"Expected every >= 1, bins >= 2, hist_max > 0, zero_thresh >= 0."
+            raise UsageError(f"Expected every >= 1, bins >= 2, hist_max > 0, zero_thresh >= 0."
                              f" Received: every={every}, bins={bins}, hist_max={hist_max}, "
                              f"zero_thresh={zero_thresh}.")
         self.modules, self.filter = modules, filter
@@ -104,13 +105,13 @@ class ActivationStats(Callback):
         if self.modules is not None:
             missing = [m for m in self.modules if m not in names]
             if missing:
-                raise ValueError(f"ActivationStats got {len(missing)} module(s) that are not "
+                raise UsageError(f"ActivationStats got {len(missing)} module(s) that are not "
                                  f"part of the model, e.g. {missing[0]!r}.")
             return [(names[m], m) for m in self.modules]
         if self.filter is not None:
             chosen = [(n, m) for n, m in model.named_modules() if n and self.filter(n, m)]
             if not chosen:
-                raise ValueError("ActivationStats' filter chose no module. Named modules: "
+                raise UsageError("ActivationStats' filter chose no module. Named modules: "
                                  f"{[n for n, _ in model.named_modules() if n][:20]}.")
             return chosen
         return conv_blocks(model)
@@ -239,13 +240,13 @@ class ActivationStats(Callback):
             self.ranges = [r if r is not None else (0.0, self.hist_max) for r in ranges]
             return
         if names != self.layer_names or hists.shape[-1] != self.bins:
-            raise ValueError(f"The checkpoint's activation statistics are of layers "
+            raise UsageError(f"The checkpoint's activation statistics are of layers "
                              f"{names} with {hists.shape[-1]} bins; this fit records "
                              f"{self.layer_names} with {self.bins}. Resume with the same model "
                              f"and ActivationStats settings.")
         n = len(batches)
         if n > self._stats.shape[1]:
-            raise ValueError(f"The checkpoint holds {n} recorded batches, more than this fit "
+            raise UsageError(f"The checkpoint holds {n} recorded batches, more than this fit "
                              f"records ({self._stats.shape[1]}): resume with the same length.")
         self._stats[:, :n] = stats.to(self._stats.device)
         self._hists[:, :n] = hists.to(self._hists.device)
@@ -263,10 +264,10 @@ class ActivationStats(Callback):
     def _layer(self, idx: int | str) -> int:
         if isinstance(idx, str):
             if idx not in self.layer_names:
-                raise ValueError(f"No recorded layer {idx!r}. Recorded: {self.layer_names}.")
+                raise UsageError(f"No recorded layer {idx!r}. Recorded: {self.layer_names}.")
             return self.layer_names.index(idx)
         if not -len(self.layer_names) <= idx < len(self.layer_names):
-            raise ValueError(f"Layer index out of range. Received: {idx}; "
+            raise UsageError(f"Layer index out of range. Received: {idx}; "
                              f"{len(self.layer_names)} layers were recorded.")
         return idx
 

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from convscope.callback import Callback
+from convscope.errors import UsageError
 
 
 def random_crop(x: Tensor, pad: int) -> Tensor:
@@ -44,7 +45,7 @@ class BatchAugment(Callback):
 
     def __init__(self, pad: int = 2, flip: bool = True) -> None:
         if pad < 0:
-            raise ValueError(f"pad must be >= 0. Received: pad={pad}.")
+            raise UsageError(f"pad must be >= 0. Received: pad={pad}.")
         self.pad, self.flip = pad, flip
 
     def before_batch(self) -> None:

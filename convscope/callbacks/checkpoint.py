@@ -12,6 +12,7 @@ from pathlib import Path
 
 from convscope.callback import Callback
 from convscope.checkpoint import Position, save_checkpoint
+from convscope.errors import UsageError
 
 
 class CheckpointCallback(Callback):
@@ -27,7 +28,7 @@ class CheckpointCallback(Callback):
 
     def __init__(self, path: str | Path, every_batches: int | None = None) -> None:
         if every_batches is not None and every_batches < 1:
-            raise ValueError(f"every_batches must be >= 1 or None. Received: {every_batches}.")
+            raise UsageError(f"every_batches must be >= 1 or None. Received: {every_batches}.")
         self.path, self.every_batches = Path(path), every_batches
         self.saves = 0
 

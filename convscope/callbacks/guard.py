@@ -16,6 +16,10 @@ from convscope.errors import TrainingDivergedError
 
 __all__ = ["DivergenceGuard", "TrainingDivergedError"]
 
+# A loss below this is one a model trains from (cross-entropy at chance for 10 classes is 2.3):
+# a gradient that overflows beside it comes from the arithmetic, not from the learning rate.
+SMALL_LOSS = 20.0
+
 
 class DivergenceGuard(Callback):
     """Reached as `learn.divergence_guard`; remove it to let a NaN run go on."""
@@ -45,8 +49,15 @@ class DivergenceGuard(Callback):
         what = (f"the loss became {float(loss)}" if not finite_loss
                 else f"a gradient became {float(grad_norm)} (loss {float(loss):.4g})")
         lower = f"{lr / 10:.3g}" if math.isfinite(lr) else "a lower value"
-        raise TrainingDivergedError(
-            f"Training diverged at epoch {learn.epoch}, batch {learn.iter} (step "
-            f"{learn.train_iter}): {what} with learning rate {lr:.3g}. The batch was not "
-            f"applied and the last good checkpoint is kept. Try a lower learning rate (e.g. "
-            f"{lower}), a warmup (fit_one_cycle), or batchnorm.", learn.epoch, learn.iter, lr)
+        where = (f"Training diverged at epoch {learn.epoch}, batch {learn.iter} (step "
+                 f"{learn.train_iter}): {what} with learning rate {lr:.3g}. The batch was not "
+                 f"applied and the last good checkpoint is kept.")
+        mixed = getattr(learn, "mixed_precision", None)
+        if finite_loss and float(loss) < SMALL_LOSS and mixed is not None:
+            advice = (f" A gradient overflowing while the loss is small points to a numeric "
+                      f"fault of {mixed.dtype} mixed precision, not to a learning rate too "
+                      f"high: train in fp32 (--precision fp32, or without MixedPrecision).")
+        else:
+            advice = (f" Try a lower learning rate (e.g. {lower}), a warmup (fit_one_cycle), "
+                      f"or batchnorm.")
+        raise TrainingDivergedError(where + advice, learn.epoch, learn.iter, lr)

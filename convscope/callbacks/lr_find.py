@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from convscope.callback import Callback, CancelEpochException, CancelFitException
+from convscope.errors import UsageError
 
 
 class LRFinder(Callback):
@@ -28,10 +29,10 @@ class LRFinder(Callback):
     def __init__(self, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100,
                  stop_div: float = 4.0, beta: float = 0.98) -> None:
         if not 0 < start_lr < end_lr:
-            raise ValueError(f"Expected 0 < start_lr < end_lr. Received: start_lr={start_lr}, "
+            raise UsageError(f"Expected 0 < start_lr < end_lr. Received: start_lr={start_lr}, "
                              f"end_lr={end_lr}.")
         if num_it < 2:
-            raise ValueError(f"num_it must be >= 2. Received: num_it={num_it}.")
+            raise UsageError(f"num_it must be >= 2. Received: num_it={num_it}.")
         self.start_lr, self.end_lr, self.num_it = start_lr, end_lr, num_it
         self.stop_div, self.beta = stop_div, beta
         self.lrs: list[float] = []
@@ -80,7 +81,7 @@ def suggest_lrs(lrs: list[float], losses: list[float]) -> SuggestedLRs:
     """Suggestions from an lr_find sweep (smoothed losses)."""
     pairs = [(lr, loss) for lr, loss in zip(lrs, losses, strict=True) if math.isfinite(loss)]
     if len(pairs) < 3:
-        raise ValueError(f"lr_find needs at least 3 finite losses to suggest a learning rate; "
+        raise UsageError(f"lr_find needs at least 3 finite losses to suggest a learning rate; "
                          f"it got {len(pairs)}. Lower start_lr or use more data.")
     lrs, losses = [p[0] for p in pairs], [p[1] for p in pairs]
     n = len(losses)

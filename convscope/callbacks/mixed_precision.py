@@ -17,6 +17,7 @@ import warnings
 import torch
 
 from convscope.callback import Callback
+from convscope.errors import UsageError
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -34,22 +35,32 @@ class MixedPrecision(Callback):
 
     def __init__(self, dtype: str = "bf16", init_scale: float = 2.0**16) -> None:
         if dtype not in DTYPES:
-            raise ValueError(f"Unknown mixed precision dtype. Received: {dtype!r}. Choose one "
+            raise UsageError(f"Unknown mixed precision dtype. Received: {dtype!r}. Choose one "
                              f"of {sorted(DTYPES)}.")
         self.dtype, self.init_scale = dtype, init_scale
         self._ctx = None
         self.scaler = None
         self._saved_scaler: dict | None = None
+        self._guard = None
+        self.fp32_convs: set[str] = set()  # the convs that ran in float32, by name
 
     def before_fit(self) -> None:
         learn = self.learn
         self.device_type = learn.dls.device.type
         self.scaler = None
+        if self.device_type == "cpu" and self.dtype == "bf16":
+            from convscope.precision import SmallConvGuard
+
+            self._guard = SmallConvGuard(learn.model)
+            self.fp32_convs = self._guard.fp32_convs
         if self.dtype == "fp16":
-            if self.device_type != "cuda":
-                warnings.warn(f"fp16 mixed precision on {learn.dls.device}: it runs, but about "
-                              f"6x slower than float32 on a CPU without fp16 instructions. "
-                              f"Use bf16 or float32 there.", stacklevel=2)
+            from convscope.precision import cpu_native_fp16
+
+            if self.device_type != "cuda" and not cpu_native_fp16():
+                warnings.warn(f"fp16 mixed precision on {learn.dls.device}: it runs, but this "
+                              f"CPU has no fp16 instructions, so it is several times slower "
+                              f"than float32 (6x measured on an AVX2 CPU). Use bf16 or float32 "
+                              f"there.", stacklevel=2)
             self.scaler = torch.amp.GradScaler(self.device_type, init_scale=self.init_scale)
             if self._saved_scaler is not None:  # loaded by learn.load() before this fit
                 self.scaler.load_state_dict(self._saved_scaler)
@@ -87,6 +98,8 @@ class MixedPrecision(Callback):
         self._ctx.__enter__()
 
     def _leave(self) -> None:
+        if self._guard is not None:  # a forward that raised inside an fp32 conv
+            self._guard.unwind()
         if self._ctx is not None:
             self._ctx.__exit__(None, None, None)
             self._ctx = None
@@ -99,6 +112,9 @@ class MixedPrecision(Callback):
 
     def after_fit(self) -> None:
         self._leave()
+        if self._guard is not None:
+            self._guard.remove()
+            self._guard = None
         learn = self.learn
         for name in ("backward", "step", "grad_scaler"):
             learn.__dict__.pop(name, None)

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from convscope.callback import Callback
 from convscope.callbacks.schedule import get_hyper
+from convscope.errors import UsageError
 from convscope.metrics import metric_name
 
 
@@ -42,7 +43,7 @@ class History:
             raw = json.loads(Path(path).read_text())
             return cls(**{k: raw[k] for k in ("losses", "smooth_losses", "hps", "values")})
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"{path}: cannot be read as a training history: {e}") from None
+            raise UsageError(f"{path}: cannot be read as a training history: {e}") from None
 
 
 class Recorder(Callback):

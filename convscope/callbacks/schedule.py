@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable
 
 from convscope.callback import Callback
+from convscope.errors import UsageError
 
 Schedule = Callable[[int, int], float]  # (step, total_steps) -> value
 
@@ -47,7 +48,7 @@ def one_cycle(start: float, middle: float, end: float, pct_start: float) -> Sche
     [1.0, 5.5, 10.0, 5.0, 0.0]
     """
     if not 0 < pct_start <= 1:
-        raise ValueError(f"pct_start must be in (0, 1]. Received: pct_start={pct_start}.")
+        raise UsageError(f"pct_start must be in (0, 1]. Received: pct_start={pct_start}.")
 
     def schedule(step: int, total: int) -> float:
         peak = pct_start * total - 1
@@ -81,9 +82,9 @@ def one_cycle_scheduler(lr_max: float, div: float = 25.0, div_final: float = 1e5
                         moms: tuple[float, float, float] = (0.95, 0.85, 0.95)) -> ParamScheduler:
     """The ParamScheduler behind `Learner.fit_one_cycle`."""
     if not lr_max > 0:
-        raise ValueError(f"lr_max must be > 0. Received: lr_max={lr_max}.")
+        raise UsageError(f"lr_max must be > 0. Received: lr_max={lr_max}.")
     if div <= 0 or div_final <= 0:
-        raise ValueError(f"div and div_final must be > 0. Received: div={div}, "
+        raise UsageError(f"div and div_final must be > 0. Received: div={div}, "
                          f"div_final={div_final}.")
     return ParamScheduler({
         "lr": one_cycle(lr_max / div, lr_max, lr_max / div_final, pct_start),

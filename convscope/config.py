@@ -1,0 +1,204 @@
+"""TrainConfig: every setting of a training run, each declared once.
+
+A setting is one dataclass field whose `Option` says everything about it: its command-line
+flag, help, how a typed value is parsed and checked, what the report calls it, what an unset
+value means, and whether `--resume` may change it. The CLI builds its parser from these
+declarations, TrainConfig checks its values with them, and the report names settings by
+them: adding an option is one field here.
+
+Importable without torch (the CLI's `--help` must answer at once); the checks that need torch
+(the device) import it when a config is made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from convscope import defaults
+from convscope.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Option:
+    """How one setting appears to the user.
+
+    Args:
+        flag: the command-line flag (`--epochs`); for a switch that turns a default-on
+            setting off, the `--no-...` flag.
+        help: one line for `--help` (the default is appended).
+        label: what the report calls the setting.
+        kind: parses the typed text (int, float, str); None for a switch.
+        check: a value passes when check(value) is true; `expected` says what passes.
+        unset: what None means, for the report and `--help`.
+        choices: the accepted values, when they are few.
+        resumable: `--resume` may change it (the device: same arithmetic, other hardware).
+        metavar: the placeholder in `--help`.
+    """
+
+    flag: str
+    help: str
+    label: str
+    kind: Callable[[str], Any] | None = None
+    check: Callable[[Any], bool] | None = None
+    expected: str = ""
+    unset: str | None = None
+    choices: tuple[str, ...] | None = None
+    resumable: bool = False
+    metavar: str | None = None
+
+    def validate(self, name: str, value: Any) -> None:
+        """Raise a UsageError naming the flag when `value` does not pass."""
+        if value is None or self.kind is None:
+            return
+        if self.choices is not None and value not in self.choices:
+            raise UsageError(f"{self.flag}: expected one of {', '.join(self.choices)}, "
+                             f"received {value!r}")
+        if self.check is not None and not self.check(value):
+            raise UsageError(f"{self.flag}: expected {self.expected}, received {value!r}")
+
+
+def option(default: Any, **kw: Any) -> Any:
+    """A dataclass field carrying its Option."""
+    return field(default=default, metadata={"option": Option(**kw)})
+
+
+def _positive_finite(v: float) -> bool:
+    return v > 0 and math.isfinite(v)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run; see each field's Option (or `convscope train
+    --help`) for what it means. Paths are stored as given; `resolved()` makes them absolute,
+    as config.json keeps them."""
+
+    data: str | None = option(
+        None, flag="--data", kind=str, metavar="DIR", label="data",
+        unset="MNIST (embedded in the package)",
+        help="a folder with the four MNIST-layout IDX files, or one folder of images per class")
+    epochs: int = option(
+        defaults.EPOCHS, flag="--epochs", kind=int, check=lambda v: v >= 0,
+        expected="an integer >= 0", label="epochs", help="passes over the training set")
+    lr: float = option(
+        defaults.LR, flag="--lr", kind=float, check=_positive_finite, expected="a number > 0",
+        label="peak learning rate (1cycle)", help="peak learning rate of the 1cycle schedule")
+    bs: int = option(
+        defaults.BS, flag="--bs", kind=int, check=lambda v: v >= 1,
+        expected="an integer >= 1", label="batch size",
+        help="training batch size, per process (evaluation uses twice that)")
+    seed: int = option(
+        0, flag="--seed", kind=int, check=lambda v: v >= 0, expected="an integer >= 0",
+        label="seed", help="seeds the initial weights and the shuffling")
+    out: str = option(
+        "runs/latest", flag="--out", kind=str, metavar="DIR", label="run folder",
+        help="the run folder")
+    device: str = option(
+        "cpu", flag="--device", kind=str, label="device", resumable=True,
+        help="cpu, cuda or cuda:N")
+    subset: int | None = option(
+        None, flag="--subset", kind=int, check=lambda v: v >= 1, expected="an integer >= 1",
+        metavar="N", label="training images", unset="all images",
+        help="train on N random training images")
+    valid_pct: float | None = option(
+        None, flag="--valid-pct", kind=float, check=lambda v: 0 < v < 1,
+        expected="a number between 0 and 1", metavar="P", label="held-out share",
+        unset="the dataset's own split (20% held out if it has none)",
+        help="hold out P of the training set as the valid set instead of the test set")
+    channels_last: bool = option(
+        True, flag="--no-channels-last", label="channels_last memory order",
+        help="keep NCHW memory order (channels_last is faster on CPU)")
+    stats: bool = option(
+        True, flag="--no-stats", label="activation statistics",
+        help="do not record ActivationStats (no layer diagnosis or plots)")
+    checkpoint_every: int | None = option(
+        None, flag="--checkpoint-every", kind=int, check=lambda v: v >= 1,
+        expected="an integer >= 1", metavar="N", label="checkpoint every",
+        unset="at each epoch's end", help="also checkpoint every N batches")
+    size: int = option(
+        28, flag="--size", kind=int, check=lambda v: v >= 1, expected="an integer >= 1",
+        label="image size", help="image folders: resize every image to SIZE x SIZE")
+    skip_bad: bool = option(
+        False, flag="--skip-bad", label="skip unreadable images",
+        help="image folders: leave out unreadable files (listed) instead of stopping")
+    augment: bool = option(
+        False, flag="--augment", label="augmentation",
+        help="random crops and flips of training batches (for photos, not digits)")
+    precision: str = option(
+        "fp32", flag="--precision", kind=str, choices=("fp32", "bf16", "fp16"),
+        label="precision", help="fp32, or mixed precision bf16 or fp16")
+    nproc: int = option(
+        1, flag="--nproc", kind=int, check=lambda v: v >= 1, expected="an integer >= 1",
+        metavar="N", label="processes",
+        help="train in N processes with DistributedDataParallel (starts torchrun)")
+    sync_bn: bool = option(
+        False, flag="--sync-bn", label="SyncBatchNorm",
+        help="with --nproc: batchnorm statistics over all processes' batches (CUDA)")
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            f.metadata["option"].validate(f.name, getattr(self, f.name))
+        device = resolve_device(self.device)
+        if self.precision == "fp16" and device.type == "cpu":
+            from convscope.precision import cpu_fp16_refusal
+
+            refusal = cpu_fp16_refusal()
+            if refusal:
+                raise UsageError(refusal)
+        if self.sync_bn and device.type != "cuda":
+            raise UsageError("sync_bn needs --device cuda: torch's SyncBatchNorm runs only on "
+                             "GPUs.")
+
+    def resolved(self) -> TrainConfig:
+        """The same config with `data` and `out` as absolute paths (what config.json keeps,
+        so a run resumes from any working directory)."""
+        from pathlib import Path
+
+        data = None if self.data is None else str(Path(self.data).expanduser().resolve())
+        return dataclasses.replace(self, data=data,
+                                   out=str(Path(self.out).expanduser().resolve()))
+
+
+def options() -> dict[str, Option]:
+    """Every setting's Option, by field name, in declaration order."""
+    return {f.name: f.metadata["option"] for f in dataclasses.fields(TrainConfig)}
+
+
+def default(name: str) -> Any:
+    return TrainConfig.__dataclass_fields__[name].default
+
+
+def describe(name: str, value: Any) -> tuple[str, str]:
+    """A setting as a reader wants it: (label, value in words)."""
+    import json
+
+    opt = options().get(name)
+    if opt is None:
+        return name, value if isinstance(value, str) else json.dumps(value)
+    if value is None:
+        return opt.label, opt.unset or "none"
+    if isinstance(value, bool):
+        return opt.label, "yes" if value else "no"
+    return opt.label, value if isinstance(value, str) else json.dumps(value)
+
+
+def resolve_device(name: str):
+    """A torch.device for `name`, refusing one this machine does not have."""
+    import torch
+
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device: expected cpu, cuda or cuda:N, received {name!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device: CUDA is not available on this machine, received "
+                         f"{name!r}. Use --device cpu.")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UsageError(f"--device: no such GPU, received {name!r}; this machine has "
+                         f"{torch.cuda.device_count()}.")
+    if dev.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device: expected cpu, cuda or cuda:N, received {name!r}")
+    return dev
