@@ -10,11 +10,11 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from convscope import defaults
+from convscope.config import default, options
+from convscope.errors import ConvscopeError, UsageError
 
-
-class UserError(Exception):
-    """A problem with what the user asked for, printed as one line without a traceback."""
+# a problem with what the user asked for, printed as one line without a traceback
+UserError = UsageError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -32,6 +32,7 @@ def _number(kind: Callable, check: Callable, expected: str) -> Callable[[str], o
             raise argparse.ArgumentTypeError(f"expected {expected}, received {text!r}")
         return value
 
+    parse.__name__ = expected  # argparse names the type in some messages
     return parse
 
 
@@ -41,6 +42,42 @@ positive_float = _number(float, lambda v: v > 0 and v != float("inf"), "a number
 fraction = _number(float, lambda v: 0 < v < 1, "a number between 0 and 1")
 
 
+# every option of TrainConfig but none: `train` offers them all
+TRAIN_OPTIONS = tuple(options())
+
+
+def add_options(parser: argparse.ArgumentParser, names: Sequence[str],
+                suppress: bool = False) -> None:
+    """Add TrainConfig's options `names` to `parser`, each as its declaration says.
+
+    Args:
+        suppress: leave an option that is not given out of the parsed namespace, so the
+            caller knows which were typed (`--resume` refuses all but --device).
+    """
+    opts = options()
+    for name in names:
+        o = opts[name]
+        value = default(name)
+        shown = o.unset if value is None else value
+        text = o.help if o.kind is None else f"{o.help} (default: {shown})"
+        kw: dict = {"dest": name, "help": text.replace("%", "%%")}  # argparse formats help
+        if suppress:
+            kw["default"] = argparse.SUPPRESS
+        elif o.kind is not None:
+            kw["default"] = value
+        if o.kind is None:  # a switch: --no-x turns off a default-on setting
+            kw["action"] = "store_false" if value else "store_true"
+            if not suppress:
+                kw["default"] = value
+        elif o.choices is not None:
+            kw["choices"] = o.choices
+        else:
+            kw["type"] = _number(o.kind, o.check, o.expected) if o.check else o.kind
+        if o.metavar:
+            kw["metavar"] = o.metavar
+        parser.add_argument(o.flag, **kw)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="convscope", description="Build, train and look inside CNNs "
                      "(chapter 13 of the fastai book).")
@@ -48,44 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     t = sub.add_parser("train", help="train simple_cnn with 1cycle and write a run folder",
                        description="Train the book's simple_cnn (batchnorm, AdamW, 1cycle) and "
-                       "write metrics.csv, model.safetensors and plots to the run folder.")
-    t.add_argument("--data", metavar="DIR", help="folder with the four MNIST-layout IDX files, "
-                   "or with one folder of images per class (default: MNIST, embedded)")
-    t.add_argument("--size", type=positive_int, default=28,
-                   help="image folders: resize to SIZE x SIZE (default: 28)")
-    t.add_argument("--skip-bad", action="store_true",
-                   help="image folders: leave out unreadable files instead of stopping")
-    t.add_argument("--augment", action="store_true",
-                   help="random crops and flips of training batches (for photos, not digits)")
-    t.add_argument("--epochs", type=non_negative_int, default=defaults.EPOCHS,
-                   help=f"default: {defaults.EPOCHS}")
-    t.add_argument("--lr", type=positive_float, default=defaults.LR,
-                   help=f"peak lr (default: {defaults.LR})")
-    t.add_argument("--bs", type=positive_int, default=defaults.BS,
-                   help=f"batch size (default: {defaults.BS})")
-    t.add_argument("--seed", type=non_negative_int, default=0, help="default: 0")
-    t.add_argument("--out", metavar="DIR", default="runs/latest",
-                   help="run folder (default: runs/latest)")
-    t.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
-    t.add_argument("--subset", type=positive_int, metavar="N",
-                   help="train on N random training images")
-    t.add_argument("--valid-pct", type=fraction, metavar="P",
-                   help="hold out P of the training set as valid set (default: the test set)")
-    t.add_argument("--no-channels-last", dest="channels_last", action="store_false",
-                   help="keep NCHW memory order")
-    t.add_argument("--no-stats", dest="stats", action="store_false",
-                   help="do not record ActivationStats (the report then has no layer plots)")
-    t.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
-                   help="mixed precision: bf16 (CPU or CUDA) or fp16 (CUDA); default fp32")
-    t.add_argument("--nproc", type=positive_int, default=1, metavar="N",
-                   help="train in N processes with DistributedDataParallel (starts torchrun)")
-    t.add_argument("--sync-bn", action="store_true",
-                   help="with --nproc: batchnorm statistics over all processes' batches")
-    t.add_argument("--checkpoint-every", type=positive_int, metavar="N",
-                   help="also checkpoint every N batches (default: at each epoch's end)")
+                       "write metrics.csv, model.safetensors, plots and report.html to the run "
+                       "folder.")
+    add_options(t, TRAIN_OPTIONS, suppress=True)
     t.add_argument("--resume", metavar="RUN_DIR",
-                   help="continue an interrupted run from RUN_DIR/checkpoint.safetensors, with "
-                   "the settings in RUN_DIR/config.json (only --device may change)")
+                   help="continue RUN_DIR from its checkpoint with the settings in its "
+                   "config.json (only --device may change)")
+    t.add_argument("--overwrite", action="store_true", default=argparse.SUPPRESS,
+                   help="replace the run the --out folder holds (its files are deleted first)")
     t.set_defaults(func=_train)
 
     k = sub.add_parser("kernel", help="apply a kernel to an image and draw the result",
@@ -116,16 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run lr_find on the recipe's learner (simple_cnn, AdamW): "
                        "an exponential lr sweep from --start-lr to --end-lr over --num-it "
                        "batches; print the suggestions and draw lr_find.png.")
-    f.add_argument("--data", metavar="DIR", help="as for train (default: MNIST)")
-    f.add_argument("--bs", type=positive_int, default=defaults.BS,
-                   help=f"batch size (default: {defaults.BS})")
-    f.add_argument("--seed", type=non_negative_int, default=0, help="default: 0")
-    f.add_argument("--size", type=positive_int, default=28, help="image folders (default: 28)")
-    f.add_argument("--subset", type=positive_int, metavar="N", help="use N training images")
+    add_options(f, ("data", "bs", "seed", "size", "subset", "device"))
     f.add_argument("--start-lr", type=positive_float, default=1e-7, help="default: 1e-7")
     f.add_argument("--end-lr", type=positive_float, default=10.0, help="default: 10")
     f.add_argument("--num-it", type=positive_int, default=100, help="default: 100")
-    f.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     f.add_argument("--out", metavar="FILE", default="runs/lr_find.png",
                    help="plot to write (default: runs/lr_find.png)")
     f.set_defaults(func=_lr_find)
@@ -227,7 +228,7 @@ def _conv_matrix(args: argparse.Namespace) -> int:
 def _lr_find(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from convscope.recipe import TrainConfig, load_data, make_learner
+    from convscope.recipe import TrainConfig, check_data, load_data, make_learner
 
     if args.start_lr >= args.end_lr:
         raise UserError(f"--start-lr must be below --end-lr, received {args.start_lr} and "
@@ -236,6 +237,7 @@ def _lr_find(args: argparse.Namespace) -> int:
         raise UserError(f"--num-it: expected an integer >= 2, received {args.num_it}")
     cfg = TrainConfig(data=args.data, bs=args.bs, seed=args.seed, size=args.size,
                       subset=args.subset, device=args.device, stats=False)
+    check_data(cfg.data)
     learn = make_learner(load_data(cfg), cfg, progress=False)
     found = learn.lr_find(args.start_lr, args.end_lr, args.num_it)
     out = Path(args.out)
@@ -271,6 +273,8 @@ def _summary(args: argparse.Namespace) -> int:
 
 
 def _without_nproc(argv: list[str]) -> list[str]:
+    """argv less --nproc, which torchrun would take for its own --nproc-per-node (the workers
+    learn the count from torchrun: WORLD_SIZE)."""
     out, skip = [], False
     for a in argv:
         if skip:
@@ -301,61 +305,71 @@ def _torchrun(nproc: int, argv: list[str]) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     import os
-    from pathlib import Path
 
-    from convscope.data import missing_idx_files
-    from convscope.recipe import TrainConfig, load_config, run_training
+    from convscope import recipe
 
+    given = {name: getattr(args, name) for name in TRAIN_OPTIONS if hasattr(args, name)}
+    overwrite = getattr(args, "overwrite", False)
     # every check happens here, in the launching process, so bad input is one line even
     # when torchrun is about to start several processes
     if args.resume is not None:
-        overrides = {"device": args.device} if args.device != "cpu" else {}
-        cfg = load_config(args.resume, **overrides)
+        fixed = [options()[n].flag for n in given if not options()[n].resumable]
+        fixed += ["--overwrite"] if overwrite else []
+        if fixed:
+            raise UserError(f"--resume continues {args.resume} with the settings in its "
+                            f"config.json; it takes no {', '.join(fixed)} (only --device may "
+                            f"change). Start a new run with another --out instead")
+        cfg = recipe.load_config(args.resume, **given)
+        done = recipe.completed(args.resume, cfg)
+        if done is not None:
+            print(done)
+            return 0
     else:
-        if args.data is not None:
-            from convscope.image_folders import is_image_folder
+        cfg = recipe.TrainConfig(**given)
+    recipe.check_data(cfg.data)
+    if cfg.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        if args.resume is None:  # refuse a folder that holds a run before starting anyone
+            from convscope.run_folder import prepare
 
-            folder = Path(args.data)
-            if not folder.is_dir():
-                raise UserError(f"--data: no such folder: {args.data!r}")
-            missing = missing_idx_files(folder)
-            if missing and not is_image_folder(folder):
-                raise UserError(f"--data: {args.data!r} lacks {', '.join(missing)} (raw or "
-                                f".gz), and has no class folders of images either")
-        cfg = TrainConfig(data=args.data, epochs=args.epochs, lr=args.lr, bs=args.bs,
-                          seed=args.seed, out=args.out, device=args.device, subset=args.subset,
-                          valid_pct=args.valid_pct, channels_last=args.channels_last,
-                          stats=args.stats, checkpoint_every=args.checkpoint_every,
-                          size=args.size, skip_bad=args.skip_bad, augment=args.augment,
-                          precision=args.precision, sync_bn=args.sync_bn)
-    if args.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        return _torchrun(args.nproc, args.argv)
-    run_training(cfg, resume=args.resume is not None)
+            prepare(cfg.out, overwrite)
+        return _torchrun(cfg.nproc, args.argv)
+    recipe.run_training(cfg, resume=args.resume is not None, overwrite=overwrite)
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `convscope` command; returns the exit code."""
+    """Entry point of the `convscope` command; returns the exit code.
+
+    convscope's own errors (ConvscopeError: bad input, a damaged file, a run folder that
+    cannot be used) are one line on stderr with exit code 2 (3 for a diverged run, 130 for
+    Ctrl-C). Any other exception is a bug and keeps its traceback. CONVSCOPE_DEBUG=1 shows
+    the traceback of every error.
+    """
+    import os
+
     from convscope.errors import TrainingDivergedError
 
+    debug = os.environ.get("CONVSCOPE_DEBUG", "") not in ("", "0")
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser().parse_args(argv)
         args.argv = argv
         return args.func(args)
-    except TrainingDivergedError as e:
-        print(f"convscope: {e}", file=sys.stderr)
-        return 3
-    except (UserError, ValueError, FileNotFoundError) as e:
+    except (ConvscopeError, KeyboardInterrupt) as e:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        if isinstance(e, KeyboardInterrupt):  # TrainingInterrupted says what to run next
+            print(f"convscope: {e or 'interrupted'}", file=sys.stderr)
+            return 130
+        if isinstance(e, TrainingDivergedError):
+            print(f"convscope: {e}", file=sys.stderr)
+            return 3
         print(f"convscope: error: {e}" if not str(e).startswith("convscope") else str(e),
               file=sys.stderr)
         return 2
-    except KeyboardInterrupt as e:  # TrainingInterrupted says where to resume from
-        print(f"convscope: {e or 'interrupted'}", file=sys.stderr)
-        return 130
     except BrokenPipeError:  # output piped into `head` and closed: not an error of ours
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
 

@@ -81,23 +81,23 @@ class TrainConfig:
         unset="MNIST (embedded in the package)",
         help="a folder with the four MNIST-layout IDX files, or one folder of images per class")
     epochs: int = option(
-        defaults.EPOCHS, flag="--epochs", kind=int, check=lambda v: v >= 0,
+        defaults.EPOCHS, flag="--epochs", kind=int, metavar="N", check=lambda v: v >= 0,
         expected="an integer >= 0", label="epochs", help="passes over the training set")
     lr: float = option(
-        defaults.LR, flag="--lr", kind=float, check=_positive_finite, expected="a number > 0",
+        defaults.LR, flag="--lr", kind=float, metavar="X", check=_positive_finite, expected="a number > 0",
         label="peak learning rate (1cycle)", help="peak learning rate of the 1cycle schedule")
     bs: int = option(
-        defaults.BS, flag="--bs", kind=int, check=lambda v: v >= 1,
+        defaults.BS, flag="--bs", kind=int, metavar="N", check=lambda v: v >= 1,
         expected="an integer >= 1", label="batch size",
         help="training batch size, per process (evaluation uses twice that)")
     seed: int = option(
-        0, flag="--seed", kind=int, check=lambda v: v >= 0, expected="an integer >= 0",
+        0, flag="--seed", kind=int, metavar="N", check=lambda v: v >= 0, expected="an integer >= 0",
         label="seed", help="seeds the initial weights and the shuffling")
     out: str = option(
         "runs/latest", flag="--out", kind=str, metavar="DIR", label="run folder",
         help="the run folder")
     device: str = option(
-        "cpu", flag="--device", kind=str, label="device", resumable=True,
+        "cpu", flag="--device", kind=str, metavar="D", label="device", resumable=True,
         help="cpu, cuda or cuda:N")
     subset: int | None = option(
         None, flag="--subset", kind=int, check=lambda v: v >= 1, expected="an integer >= 1",
@@ -119,8 +119,8 @@ class TrainConfig:
         expected="an integer >= 1", metavar="N", label="checkpoint every",
         unset="at each epoch's end", help="also checkpoint every N batches")
     size: int = option(
-        28, flag="--size", kind=int, check=lambda v: v >= 1, expected="an integer >= 1",
-        label="image size", help="image folders: resize every image to SIZE x SIZE")
+        28, flag="--size", kind=int, metavar="N", check=lambda v: v >= 1, expected="an integer >= 1",
+        label="image size", help="image folders: resize every image to N x N")
     skip_bad: bool = option(
         False, flag="--skip-bad", label="skip unreadable images",
         help="image folders: leave out unreadable files (listed) instead of stopping")

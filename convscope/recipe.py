@@ -17,6 +17,7 @@ The run folder holds:
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import time
@@ -25,109 +26,22 @@ from pathlib import Path
 
 import torch
 
-from convscope import defaults
-from convscope.data import DataLoaders, ImageData, idx_folder, mnist
+from convscope import run_folder
+from convscope.config import TrainConfig, resolve_device
+from convscope.data import DataLoaders, ImageData, idx_folder, missing_idx_files, mnist
 from convscope.errors import TrainingInterrupted, UsageError
 from convscope.files import atomic_write_bytes
 from convscope.learner import Learner
 from convscope.models import simple_cnn
+from convscope.run_folder import CHECKPOINT, CONFIG
 
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything that decides a training run.
-
-    Args:
-        data: a folder holding the four IDX files of an MNIST-layout dataset, or a folder of
-            images in class folders (see `image_folder`), or None for MNIST (`mnist()`).
-        epochs: passes over the training set.
-        lr: peak learning rate of the 1cycle schedule.
-        bs: training batch size.
-        seed: seeds the model's initial weights and the shuffling.
-        out: the run folder to write.
-        device: "cpu", "cuda" or "cuda:N".
-        subset: train on this many random training images (all when None).
-        valid_pct: hold out this share of the training set as valid set instead of the test set.
-        channels_last: NHWC memory order (faster for convolutions on CPU and GPU).
-        stats: record ActivationStats (for the diagnosis and the report's layer plots).
-        checkpoint_every: save checkpoint.safetensors every N training batches as well as at
-            the end of every epoch.
-        size: image folders are resized to size x size.
-        skip_bad: leave out unreadable image files (listed) instead of stopping.
-        augment: random crops (padding size//14) and flips of training batches.
-        precision: "fp32", or mixed precision "bf16" (CPU or CUDA) or "fp16" (CUDA).
-        sync_bn: with several processes, batchnorm statistics over all of their batches.
-    """
-
-    data: str | None = None
-    epochs: int = defaults.EPOCHS
-    lr: float = defaults.LR
-    bs: int = defaults.BS
-    seed: int = 0
-    out: str = "runs/latest"
-    device: str = "cpu"
-    subset: int | None = None
-    valid_pct: float | None = None
-    channels_last: bool = True
-    stats: bool = True
-    checkpoint_every: int | None = None
-    size: int = 28
-    skip_bad: bool = False
-    augment: bool = False
-    precision: str = "fp32"
-    sync_bn: bool = False
-
-    def __post_init__(self) -> None:
-        if self.epochs < 0:
-            raise UsageError(f"Epochs must be >= 0. Received: epochs={self.epochs}.")
-        if not self.lr > 0:
-            raise UsageError(f"Learning rate must be > 0. Received: lr={self.lr}.")
-        if self.bs < 1:
-            raise UsageError(f"Batch size must be >= 1. Received: bs={self.bs}.")
-        if self.subset is not None and self.subset < 1:
-            raise UsageError(f"subset must be >= 1. Received: subset={self.subset}.")
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise UsageError(f"Unknown precision. Received: {self.precision!r}. Choose fp32, "
-                             f"bf16 or fp16.")
-        if self.precision == "fp16" and resolve_device(self.device).type != "cuda":
-            raise UsageError(f"fp16 needs --device cuda (received {self.device!r}): on a CPU "
-                             f"it runs about 6x slower than fp32. Use --precision fp32 or "
-                             f"bf16 there.")
-        if self.size < 1:
-            raise UsageError(f"size must be >= 1. Received: size={self.size}.")
-        if self.sync_bn and resolve_device(self.device).type != "cuda":
-            raise UsageError("sync_bn needs --device cuda: torch's SyncBatchNorm runs only on "
-                             "GPUs.")
-        if self.checkpoint_every is not None and self.checkpoint_every < 1:
-            raise UsageError(f"checkpoint_every must be >= 1. Received: "
-                             f"{self.checkpoint_every}.")
-        if self.valid_pct is not None and not 0 < self.valid_pct < 1:
-            raise UsageError(f"valid_pct must be in (0, 1). Received: {self.valid_pct}.")
-        resolve_device(self.device)
-
-
-def resolve_device(name: str) -> torch.device:
-    """A torch.device for `name`, refusing one this machine does not have."""
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"Unknown device. Received: device={name!r}. Choose cpu, cuda or "
-                         f"cuda:N.") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"CUDA is not available on this machine. Received: device={name!r}. "
-                         f"Use --device cpu.")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise UsageError(f"No such GPU. Received: device={name!r}; this machine has "
-                         f"{torch.cuda.device_count()}.")
-    if dev.type not in ("cpu", "cuda"):
-        raise UsageError(f"Unsupported device. Received: device={name!r}. Choose cpu or cuda.")
-    return dev
+__all__ = ["TrainConfig", "TrainResult", "check_data", "load_config", "load_data",
+           "make_learner", "resolve_device", "run_training"]
 
 
 def held_out_name(cfg: TrainConfig) -> str:
     """What the valid set is, for messages: "test" for MNIST's test set (and an IDX folder's)
     and an image folder's test/ folder, "valid" for a valid/ folder or a held-out share."""
-    from convscope.data import missing_idx_files
     from convscope.image_folders import valid_dir
 
     if cfg.valid_pct:
@@ -138,29 +52,54 @@ def held_out_name(cfg: TrainConfig) -> str:
     return "test" if folder is not None and folder.name == "test" else "valid"
 
 
+def check_data(data: str | None) -> str:
+    """What kind of dataset `--data` names ("mnist", "idx" or "images"), or a UsageError that
+    says what is wrong with it: no such folder, a file, an IDX folder that lacks some of its
+    four files (listed, never read as an image folder instead), or neither kind."""
+    from convscope.data import MNIST_FILES
+    from convscope.image_folders import is_image_folder
+
+    if data is None:
+        return "mnist"
+    folder = Path(data)
+    if folder.is_file():
+        raise UsageError(f"--data: {data!r} is a file; expected a folder holding the four "
+                         f"MNIST-layout IDX files, or one folder of images per class")
+    if not folder.is_dir():
+        raise UsageError(f"--data: no such folder: {data!r}")
+    missing = missing_idx_files(folder)
+    if not missing:
+        return "idx"
+    if len(missing) < len(MNIST_FILES):
+        have = [n for n in MNIST_FILES.values() if n not in missing]
+        raise UsageError(f"--data: {data!r} is an incomplete IDX folder: it has "
+                         f"{', '.join(have)} but lacks {', '.join(missing)} (raw or .gz)")
+    if is_image_folder(folder):
+        return "images"
+    raise UsageError(f"--data: {data!r} holds neither the four MNIST-layout IDX files "
+                     f"({', '.join(MNIST_FILES.values())}, raw or .gz) nor class folders of "
+                     f"images")
+
+
 def load_data(cfg: TrainConfig) -> ImageData:
     """The dataset named by the config, subset or split as asked.
 
     An image folder without a valid split is split by valid_pct (default 0.2); any other
     dataset holds out valid_pct of its training set only when valid_pct is given."""
-    from convscope.data import missing_idx_files
-    from convscope.image_folders import image_folder, is_image_folder, valid_dir
+    from convscope.image_folders import image_folder, valid_dir
 
-    if cfg.data is None:
+    kind = check_data(cfg.data)
+    if kind == "mnist":
         data = mnist()
-    elif not missing_idx_files(cfg.data):
+    elif kind == "idx":
         data = idx_folder(cfg.data)
-    elif is_image_folder(cfg.data):
+    else:
         has_valid = valid_dir(Path(cfg.data)) is not None
         data = image_folder(cfg.data, size=cfg.size, valid_pct=cfg.valid_pct or 0.2,
                             seed=cfg.seed, skip_bad=cfg.skip_bad)
         if has_valid and cfg.valid_pct:
             data = data.split(cfg.valid_pct, seed=cfg.seed)
         return data.subset(cfg.subset, seed=cfg.seed) if cfg.subset else data
-    else:
-        raise UsageError(f"--data {cfg.data!r} is neither an MNIST-layout folder (it lacks "
-                         f"{', '.join(missing_idx_files(cfg.data))}) nor a folder of class "
-                         f"folders of images.")
     if cfg.valid_pct:
         data = data.split(cfg.valid_pct, seed=cfg.seed)
     if cfg.subset:
@@ -213,30 +152,59 @@ def save_weights(model: torch.nn.Module, path: Path, metadata: dict[str, str]) -
     atomic_write_bytes(path, save(tensors, metadata=metadata))
 
 
-CHECKPOINT = "checkpoint.safetensors"
-
-
 def load_config(run_dir: str | Path, **overrides) -> TrainConfig:
-    """The TrainConfig a run folder was trained with (for resuming it)."""
-    path = Path(run_dir) / "config.json"
+    """The TrainConfig a run folder was trained with (for resuming it), with `overrides`
+    (the device) applied."""
+    path = Path(run_dir) / CONFIG
     if not path.is_file():
-        raise UsageError(f"Cannot resume {str(run_dir)!r}: it has no config.json. Expected a "
-                         f"run folder written by `convscope train`.")
+        raise UsageError(f"--resume: {str(run_dir)!r} has no {CONFIG}; expected a run folder "
+                         f"written by `convscope train`")
     try:
         saved = json.loads(path.read_text())
         return TrainConfig(**{**saved, **overrides, "out": str(run_dir)})
+    except UsageError as e:
+        raise UsageError(f"{path}: {e}") from None
     except (ValueError, TypeError) as e:
         raise UsageError(f"{path}: not a valid run configuration: {e}") from None
 
 
-def run_training(cfg: TrainConfig, log=print, resume: bool = False) -> TrainResult:
+def checkpoint_position(run_dir: str | Path) -> dict | None:
+    """The position of the run folder's checkpoint, or None when it has none."""
+    from convscope.checkpoint import read_checkpoint
+
+    path = Path(run_dir) / CHECKPOINT
+    return read_checkpoint(path)[1]["position"] if path.is_file() else None
+
+
+def completed(run_dir: str | Path, cfg: TrainConfig) -> str | None:
+    """When the run in `run_dir` has trained every epoch and written all its outputs: what
+    to tell a `--resume` of it (nothing to train; which command rebuilds the report)."""
+    pos = checkpoint_position(run_dir)
+    if pos is None or pos["epoch"] < pos["n_epoch"]:
+        return None
+    if not run_folder.outputs_complete(run_dir, cfg.stats):
+        return None
+    return (f"{run_dir} is complete ({pos['n_epoch']} epoch{'s' if pos['n_epoch'] != 1 else ''}"
+            f" trained, its outputs written): nothing left to train, and no file was changed. "
+            f"`convscope report {run_dir}` rebuilds its report.")
+
+
+def run_training(cfg: TrainConfig, log=print, resume: bool = False,
+                 overwrite: bool = False) -> TrainResult:
     """Train as `cfg` says and write the run folder; return where, and the final accuracy.
 
     In a process started by torchrun (several processes), joins the process group, trains
     with DistributedDataParallel, and only rank 0 writes files and prints.
 
     Args:
-        resume: continue from the run folder's checkpoint instead of starting afresh.
+        resume: continue the run in `cfg.out` from its checkpoint (from the start when it
+            stopped before its first one); a complete run is left as it is.
+        overwrite: a new run may replace the run `cfg.out` holds (its files are deleted
+            first); without it such a folder is refused.
+    Raises:
+        UsageError: `cfg.out` holds a run (and neither resume nor overwrite), or cannot be
+            written.
+        TrainingInterrupted: Ctrl-C; the message says what was kept and what to run next.
     """
     from convscope import distributed
 
@@ -244,7 +212,8 @@ def run_training(cfg: TrainConfig, log=print, resume: bool = False) -> TrainResu
     if distributed.launched_by_torchrun():
         info = distributed.setup(resolve_device(cfg.device))
     try:
-        return _run(cfg, log if info is None or info.is_main else _silent, resume, info)
+        return _run(cfg, log if info is None or info.is_main else _silent, resume, overwrite,
+                    info)
     finally:
         if info is not None:
             distributed.teardown()
@@ -254,24 +223,74 @@ def _silent(*args, **kwargs) -> None:
     pass
 
 
-def _run(cfg: TrainConfig, log, resume: bool, info) -> TrainResult:
+def _interrupted(phase: str, run_dir: Path, created: bool, resume: bool) -> str:
+    """What a Ctrl-C during `phase` kept, and what to run next."""
+    if phase == "loading the data":
+        if created:
+            run_folder.remove_if_empty(run_dir)
+        kept = f"{run_dir} is as it was" if resume or not created else "nothing was written"
+        return f"interrupted while loading the data: {kept}. Run the same command again."
+    pos = checkpoint_position(run_dir)
+    if phase == "training":
+        if pos is None:
+            return (f"interrupted during training, before its first checkpoint. `convscope "
+                    f"train --resume {run_dir}` starts it again with its settings.")
+        return (f"interrupted during training; {run_dir / CHECKPOINT} holds epoch "
+                f"{pos['epoch']}, batch {pos['batch']}. Continue with `convscope train "
+                f"--resume {run_dir}`.")
+    return (f"interrupted while writing the run's outputs: training had finished and "
+            f"{run_dir / CHECKPOINT} holds its end. `convscope train --resume {run_dir}` "
+            f"writes them.")
+
+
+def _run(cfg: TrainConfig, log, resume: bool, overwrite: bool, info) -> TrainResult:
+    main = info is None or info.is_main
+    if info is not None:  # started by torchrun directly: the config records the real count
+        cfg = dataclasses.replace(cfg, nproc=info.world_size)
+    run_dir = Path(cfg.out)
+    if resume:
+        done = completed(run_dir, cfg)
+        if done is not None:
+            log(done)
+            return _result_of(run_dir)
+    created = main and not resume and run_folder.prepare(run_dir, overwrite)
+    phase = ["loading the data"]  # where a Ctrl-C lands, for its message
+    try:
+        return _train(cfg, log, resume, info, main, run_dir, phase)
+    except TrainingInterrupted:
+        raise
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(_interrupted(phase[0], run_dir, created, resume)) from None
+    except BaseException:
+        if phase[0] == "loading the data" and created:
+            run_folder.remove_if_empty(run_dir)
+        raise
+
+
+def _result_of(run_dir: Path) -> TrainResult:
+    """The result of a complete run, read from its folder."""
+    from convscope.report import load_run
+
+    run = load_run(run_dir)
+    accuracy = run.values[-1]["accuracy"] if run.values else float("nan")
+    return TrainResult(run_dir, accuracy, 0.0, run.values)
+
+
+def _train(cfg: TrainConfig, log, resume: bool, info, main: bool, run_dir: Path,
+           phase: list[str]) -> TrainResult:
     from convscope.callbacks import CheckpointCallback, GracefulStop
     from convscope.distributed import Distributed
+    from convscope.precision import describe
 
-    main = info is None or info.is_main
-    run_dir = Path(cfg.out)
     checkpoint = run_dir / CHECKPOINT
-    if resume and not checkpoint.is_file():
-        raise UsageError(f"Cannot resume {str(run_dir)!r}: it has no {CHECKPOINT} (the run "
-                         f"stopped before its first checkpoint). Start it again without "
-                         f"--resume.")
     data = load_data(cfg)
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+    phase[0] = "training"
     log(f"data: {data.source}: {len(data.y_train)} train, {len(data.y_valid)} valid images "
         f"of {' x '.join(map(str, data.x_train.shape[1:]))}, {len(data.classes)} classes")
     for bad in data.skipped:
         log(f"skipped: {bad}")
+    device = resolve_device(cfg.device)
+    log(describe(device, cfg.precision))
     if info is not None:
         log(f"distributed: {info.world_size} processes of {torch.get_num_threads()} thread(s) "
             f"each, training on its shard of the batches")
@@ -282,37 +301,47 @@ def _run(cfg: TrainConfig, log, resume: bool, info) -> TrainResult:
         learn.add_cb(CheckpointCallback(checkpoint, every_batches=cfg.checkpoint_every))
     if info is None:  # several processes would stop at different batches
         learn.add_cb(GracefulStop())
-    if resume:
-        from convscope.checkpoint import read_checkpoint
-
-        pos = read_checkpoint(checkpoint)[1]["position"]
-        if pos["epoch"] >= pos["n_epoch"]:
-            log(f"{checkpoint} is from the end of the run ({pos['n_epoch']} epochs): nothing "
-                f"left to train; writing the run's outputs again")
-        else:
-            log(f"resuming from {checkpoint}: epoch {pos['epoch']}, batch {pos['batch']}")
-    elif main:
-        atomic_write_bytes(run_dir / "config.json", json.dumps(asdict(cfg), indent=2).encode())
+    pos = checkpoint_position(run_dir) if resume else None
+    if resume and pos is None:
+        log(f"{run_dir} has no checkpoint yet (it stopped before the first): training it "
+            f"from the start with its settings")
+    elif pos is not None and pos["epoch"] >= pos["n_epoch"]:
+        log(f"{checkpoint} holds the end of training ({pos['n_epoch']} epochs); writing the "
+            f"outputs the run had not written yet")
+    elif pos is not None:
+        log(f"resuming from {checkpoint}: epoch {pos['epoch']}, batch {pos['batch']}")
+    if main and not resume:
+        atomic_write_bytes(run_dir / CONFIG,
+                           json.dumps(asdict(cfg.resolved()), indent=2).encode())
     start = time.perf_counter()
-    learn.fit_one_cycle(cfg.epochs, cfg.lr, resume=checkpoint if resume else None)
+    learn.fit_one_cycle(cfg.epochs, cfg.lr, resume=checkpoint if pos is not None else None)
     seconds = time.perf_counter() - start
     stop = getattr(learn, "graceful_stop", None)
     if stop is not None and stop.stopped_at is not None:
         epoch, batch = stop.stopped_at
         raise TrainingInterrupted(
             f"interrupted: stopped at epoch {epoch}, batch {batch} of {cfg.epochs} epochs; "
-            f"{run_dir / CHECKPOINT} holds that position. Continue with `convscope train "
+            f"{checkpoint} holds that position. Continue with `convscope train "
             f"--resume {run_dir}`.")
+    phase[0] = "writing the outputs"
     values = learn.recorder.values
     accuracy = values[-1]["accuracy"] if values else learn.validate()["accuracy"]
     if not main:
         return TrainResult(run_dir, accuracy, seconds, values)
+    write_outputs(learn, cfg, run_dir, accuracy, seconds, log)
+    return TrainResult(run_dir, accuracy, seconds, values)
+
+
+def write_outputs(learn: Learner, cfg: TrainConfig, run_dir: Path, accuracy: float,
+                  seconds: float, log) -> None:
+    """Everything a finished run writes besides its checkpoint, report.html last."""
     # imported after training: matplotlib alone takes 0.5-0.8 s, which the first batch waited
     # for when these imports stood at the top
     from convscope import plots
     from convscope.diagnosis import diagnose
     from convscope.report import build_report
 
+    values = learn.recorder.values
     write_metrics_csv(run_dir / "metrics.csv", values)
     mean, std = learn.dls.stats
     save_weights(learn.model, run_dir / "model.safetensors",
@@ -324,7 +353,6 @@ def _run(cfg: TrainConfig, log, resume: bool, info) -> TrainResult:
     stats = getattr(learn, "activation_stats", None)
     if stats is not None:
         stats.save(run_dir / "activation_stats.safetensors")
-    # drawn after training: importing matplotlib and rendering would delay the first batch
     learn.dls.show_batch(save=run_dir / "show_batch.png")
     if values:
         plots.plot_loss(learn.recorder, save=run_dir / "loss.png")
@@ -335,4 +363,3 @@ def _run(cfg: TrainConfig, log, resume: bool, info) -> TrainResult:
         log(f"diagnosis: {finding}")
     report = build_report(run_dir)
     log(f"run folder: {run_dir} (open {report.name})")
-    return TrainResult(run_dir, accuracy, seconds, values)

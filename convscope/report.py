@@ -18,6 +18,7 @@ from pathlib import Path
 
 from convscope.callbacks.activation_stats import ActivationStats
 from convscope.callbacks.recorder import History
+from convscope.config import describe
 from convscope.diagnosis import Finding, diagnose
 from convscope.errors import UsageError
 from convscope.files import atomic_write_bytes
@@ -114,15 +115,6 @@ def _table(rows: list[dict], left: tuple[str, ...] = ()) -> str:
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
 
-def _setting(name: str, value) -> str:
-    """A config value as a reader wants it: what None means for this setting, strings bare."""
-    if value is None:
-        return {"data": "MNIST", "subset": "all images",
-                "valid_pct": "the dataset's own split (20% held out if it has none)",
-                "checkpoint_every": "at each epoch's end"}.get(name, "none")
-    return value if isinstance(value, str) else json.dumps(value)
-
-
 def _findings(findings: list[Finding]) -> str:
     parts = []
     for f in findings:
@@ -164,8 +156,8 @@ def render(run: Run) -> str:
            f"<h1>{html.escape(title)}</h1><p>{html.escape(headline)}</p>",
            "<h2>Diagnosis</h2>", _findings(findings),
            "<h2>Settings</h2>",
-           _table([{"setting": k, "value": _setting(k, v)} for k, v in run.config.items()],
-                  left=("setting", "value")),
+           _table([dict(zip(("setting", "value"), describe(k, v), strict=True))
+                   for k, v in run.config.items()], left=("setting", "value")),
            "<h2>Epochs</h2>", _table(run.values)]
     h = run.history
     if h.losses:

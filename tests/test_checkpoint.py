@@ -137,12 +137,15 @@ def test_cli_divergence_is_one_line_and_exit_3(tmp_path, capsys):
     assert not (run / "model.safetensors").exists()  # no final weights from a diverged run
 
 
-def test_cli_resume_errors(tmp_path, capsys):
+def test_cli_resume_without_config_or_checkpoint(tmp_path, capsys):
     assert main(["train", "--resume", str(tmp_path)]) == 2
     assert "has no config.json" in capsys.readouterr().err
-    (tmp_path / "config.json").write_text(json.dumps({"epochs": 1}))
-    assert main(["train", "--resume", str(tmp_path)]) == 2
-    assert "has no checkpoint.safetensors" in capsys.readouterr().err
+    # a run stopped before its first checkpoint starts again from the start, with its settings
+    (tmp_path / "config.json").write_text(json.dumps({"epochs": 1, "subset": 640, "bs": 64,
+                                                      "stats": False}))
+    assert main(["train", "--resume", str(tmp_path)]) == 0
+    assert "has no checkpoint yet" in capsys.readouterr().out
+    assert (tmp_path / "report.html").is_file()
 
 
 def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path):
@@ -183,11 +186,12 @@ def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path):
 
 
 def test_ctrl_c_stops_between_batches_with_a_checkpoint_to_resume(tmp_path, capsys):
-    """The first SIGINT lets the batch finish, saves its position and exits 130 with one line
-    saying how to resume; the resumed run completes every epoch."""
+    """The first SIGINT lets the batch finish, saves its position and exits 130 with a line
+    saying how to resume; the resumed run completes every epoch with every batch's activation
+    statistics; resuming the complete run changes no file."""
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "convscope", "train", "--subset", "12000",
-                             "--bs", "64", "--epochs", "4", "--no-stats", "--out", str(run)],
+                             "--bs", "64", "--epochs", "4", "--out", str(run)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in proc.stdout:  # off a terminal, one row per finished epoch
         if line.startswith("0 "):
@@ -195,18 +199,23 @@ def test_ctrl_c_stops_between_batches_with_a_checkpoint_to_resume(tmp_path, caps
     proc.send_signal(signal.SIGINT)  # at the end of epoch 0 or during epoch 1
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
-    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
     position = read_checkpoint(run / "checkpoint.safetensors")[1]["position"]
-    assert f"stopped at epoch {position['epoch']}, batch {position['batch']} of 4" in err
-    assert f"`convscope train --resume {run}`" in err
+    assert f"stopped at epoch {position['epoch']}, batch {position['batch']} of 4" in last
+    assert f"`convscope train --resume {run}`" in last
     assert position["epoch"] >= 1 and not (run / "model.safetensors").exists()
 
     assert main(["train", "--resume", str(run)]) == 0
     rows = (run / "metrics.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["0", "1", "2", "3"]
+    stats = load_file(run / "activation_stats.safetensors")
+    assert stats["batches"].tolist() == list(range(4 * 188))  # none lost to the stop
     capsys.readouterr()
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
     assert main(["train", "--resume", str(run)]) == 0  # once more: the run is complete
-    assert "from the end of the run (4 epochs): nothing left to train" in capsys.readouterr().out
+    assert "is complete (4 epochs trained" in capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
 
 
 class PressCtrlC(Callback):

@@ -23,7 +23,7 @@ from convscope.models import simple_cnn
     (["train", "--seed", "-2"], "--seed: expected an integer >= 0, received '-2'"),
     (["train", "--subset", "0"], "--subset: expected an integer >= 1, received '0'"),
     (["train", "--valid-pct", "1.5"], "--valid-pct: expected a number between 0 and 1"),
-    (["train", "--device", "tpu"], "Unknown device. Received: device='tpu'"),
+    (["train", "--device", "tpu"], "--device: expected cpu, cuda or cuda:N, received 'tpu'"),
     (["train", "--size", "0"], "--size: expected an integer >= 1, received '0'"),
     (["train", "--nproc", "0"], "--nproc: expected an integer >= 1, received '0'"),
     (["train", "--checkpoint-every", "-1"], "--checkpoint-every: expected an integer >= 1"),

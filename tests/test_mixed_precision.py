@@ -156,9 +156,36 @@ def test_fp16_scaler_skips_overflowing_steps_and_learns(device):
     assert "grad_scaler" not in vars(learn) and "backward" not in vars(learn)
 
 
+def test_fp16_refusal_follows_the_cpu_not_the_device_type(monkeypatch):
+    from convscope import precision
+    from convscope.config import TrainConfig
+
+    monkeypatch.setattr(precision, "cpu_native_fp16", lambda: True)  # AVX-512 FP16 / AMX-FP16
+    assert precision.cpu_fp16_refusal() is None
+    assert TrainConfig(precision="fp16").precision == "fp16"
+    monkeypatch.setattr(precision, "cpu_native_fp16", lambda: False)
+    assert "has no fp16 instructions" in precision.cpu_fp16_refusal()
+    with pytest.raises(ValueError, match="--precision fp16: this CPU .* has no fp16"):
+        TrainConfig(precision="fp16")
+
+
+def test_run_log_names_the_precision_path(monkeypatch):
+    from convscope import precision
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(precision, "cpu_native_bf16", lambda: True)
+    assert "with native bf16" in precision.describe(cpu, "bf16")
+    monkeypatch.setattr(precision, "cpu_native_bf16", lambda: False)
+    assert "no bf16 instructions: emulated" in precision.describe(cpu, "bf16")
+    assert precision.describe(cpu, "fp32").startswith("precision: fp32 on cpu")
+
+
 def test_cli_precision(tmp_path, capsys):
-    assert main(["train", "--precision", "fp16", "--out", str(tmp_path)]) == 2
-    assert "fp16 needs --device cuda" in capsys.readouterr().err
+    from convscope.precision import cpu_native_fp16
+
+    if not cpu_native_fp16():
+        assert main(["train", "--precision", "fp16", "--out", str(tmp_path)]) == 2
+        assert "has no fp16 instructions" in capsys.readouterr().err
     assert main(["train", "--precision", "int4"]) == 2
     assert "invalid choice: 'int4'" in capsys.readouterr().err
 
