@@ -84,8 +84,9 @@ class TrainConfig:
         defaults.EPOCHS, flag="--epochs", kind=int, metavar="N", check=lambda v: v >= 0,
         expected="an integer >= 0", label="epochs", help="passes over the training set")
     lr: float = option(
-        defaults.LR, flag="--lr", kind=float, metavar="X", check=_positive_finite, expected="a number > 0",
-        label="peak learning rate (1cycle)", help="peak learning rate of the 1cycle schedule")
+        defaults.LR, flag="--lr", kind=float, metavar="X", check=_positive_finite,
+        expected="a number > 0", label="peak learning rate (1cycle)",
+        help="peak learning rate of the 1cycle schedule")
     bs: int = option(
         defaults.BS, flag="--bs", kind=int, metavar="N", check=lambda v: v >= 1,
         expected="an integer >= 1", label="batch size",
@@ -119,8 +120,9 @@ class TrainConfig:
         expected="an integer >= 1", metavar="N", label="checkpoint every",
         unset="at each epoch's end", help="also checkpoint every N batches")
     size: int = option(
-        28, flag="--size", kind=int, metavar="N", check=lambda v: v >= 1, expected="an integer >= 1",
-        label="image size", help="image folders: resize every image to N x N")
+        28, flag="--size", kind=int, metavar="N", check=lambda v: v >= 1,
+        expected="an integer >= 1", label="image size",
+        help="image folders: resize every image to N x N")
     skip_bad: bool = option(
         False, flag="--skip-bad", label="skip unreadable images",
         help="image folders: leave out unreadable files (listed) instead of stopping")

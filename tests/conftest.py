@@ -56,6 +56,17 @@ def stripes(n_train: int = 256, n_valid: int = 128, size: int = 16, seed: int = 
     return ImageData(xt, yt, xv, yv, classes=["a", "b", "c", "d"], source="stripes")
 
 
+def cli_error(err: str) -> str:
+    """The line the CLI printed for an error, checked to be its own line with no traceback.
+
+    Only the last line is read: a library may print a warning of its own on some machines,
+    so the number of lines on stderr is not the CLI's to promise."""
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("convscope"), err
+    return lines[-1]
+
+
 @pytest.fixture
 def toy() -> ImageData:
     return stripes()

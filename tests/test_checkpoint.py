@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import stripes
+from conftest import cli_error, stripes
 from safetensors.torch import load_file, save_file
 
 from convscope.callbacks import CheckpointCallback, GracefulStop
@@ -81,6 +81,60 @@ def test_resume_mid_epoch_equals_uninterrupted(tmp_path):
         v["train_loss"] for v in ref.recorder.values]
 
 
+def test_resume_mid_epoch_restores_activation_stats_and_grad_scaler(tmp_path):
+    """Callbacks' state resumes with the weights: ActivationStats ends tensor for tensor as
+    in an uninterrupted run, and fp16's loss scale continues where it was."""
+    from convscope.callbacks import ActivationStats, MixedPrecision
+
+    def cbs(ck):
+        return [CheckpointCallback(ck, every_batches=2), ActivationStats(),
+                MixedPrecision("fp16", init_scale=2.0**20)]
+
+    with pytest.warns(UserWarning, match="fp16 mixed precision on cpu"):
+        ref = learner(cbs(tmp_path / "ref.safetensors"))
+        ref.fit_one_cycle(2, 1e-2)
+
+    class StopAt(Callback):
+        def after_batch(self):
+            if self.learn.training and self.learn.epoch == 1 and self.learn.iter == 3:
+                raise CancelFitException
+
+    ck = tmp_path / "c.safetensors"
+    with pytest.warns(UserWarning):
+        learner([*cbs(ck), StopAt()]).fit_one_cycle(2, 1e-2)
+    saved_scale = read_checkpoint(ck)[1]["callbacks"]["mixed_precision"]["scaler"]["scale"]
+    with pytest.warns(UserWarning):
+        resumed = learner(cbs(ck))
+        resumed.fit_one_cycle(2, 1e-2, resume=ck)
+    assert saved_scale < 2.0**20  # the scaler had halved: a fresh one would start over
+    assert resumed.mixed_precision.scaler.get_scale() == ref.mixed_precision.scaler.get_scale()
+    assert_same(weights(ref), weights(resumed))
+    a, b = ref.activation_stats, resumed.activation_stats
+    assert a.batches == b.batches == list(range(12))
+    for i in range(len(a.layer_names)):
+        assert torch.equal(a.stats[i], b.stats[i]) and torch.equal(a.hists[i], b.hists[i])
+
+
+def test_resume_in_another_world_size_is_refused(tmp_path):
+    from safetensors.torch import load_file as load_tensors
+    from safetensors.torch import save_file as save_tensors
+
+    ck = tmp_path / "c.safetensors"
+    learner([CheckpointCallback(ck)]).fit_one_cycle(2, 1e-2)
+    tensors, meta = load_tensors(ck), read_checkpoint(ck)[1]
+    assert meta["world"] == {"world_size": 1, "global_bs": 32}
+    from safetensors import safe_open
+
+    with safe_open(str(ck), "pt") as f:
+        raw = f.metadata()
+    raw["world"] = json.dumps({"world_size": 2, "global_bs": 64})  # as a 2-process run writes
+    save_tensors(tensors, str(ck), metadata=raw)
+    with pytest.raises(ValueError, match=r"written by a run in 2 processes \(global batch 64\); "
+                                         r"this one runs in 1. Resume it in 2"):
+        learner().fit_one_cycle(2, 1e-2, resume=ck)
+    learner().load(ck)  # outside a fit (weights for inference, say) it loads
+
+
 def test_resume_with_another_length_is_refused(tmp_path):
     learn = learner([CheckpointCallback(tmp_path / "c.safetensors")])
     learn.fit_one_cycle(2, 1e-2)
@@ -133,7 +187,7 @@ def test_cli_divergence_is_one_line_and_exit_3(tmp_path, capsys):
     assert main(["train", "--lr", "1e6", "--subset", "640", "--bs", "64", "--no-stats",
                  "--out", str(run)]) == 3
     err = capsys.readouterr().err
-    assert err.startswith("convscope: Training diverged at epoch") and err.count("\n") == 1
+    assert cli_error(err).startswith("convscope: Training diverged at epoch")
     assert not (run / "model.safetensors").exists()  # no final weights from a diverged run
 
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import torch
-from conftest import write_idx_folder
+from conftest import cli_error, write_idx_folder
 from safetensors.torch import load_file
 
 from convscope.cli import main
@@ -43,9 +43,7 @@ from convscope.models import simple_cnn
 ])
 def test_bad_arguments_get_one_line_and_exit_2(capsys, args, message):
     assert main(args) == 2
-    err = capsys.readouterr().err
-    assert message in err
-    assert err.count("\n") == 1 and "Traceback" not in err
+    assert message in cli_error(capsys.readouterr().err)
 
 
 def test_missing_data_folder_lists_the_missing_files(capsys, tmp_path):
@@ -64,8 +62,7 @@ def test_corrupt_data_file_is_named(capsys, tmp_path):
     folder = write_idx_folder(tmp_path / "d")
     (folder / "t10k-images-idx3-ubyte.gz").write_bytes(b"garbage")
     assert main(["train", "--data", str(folder), "--out", str(tmp_path / "run")]) == 2
-    err = capsys.readouterr().err
-    assert "t10k-images-idx3-ubyte.gz" in err and err.count("\n") == 1
+    assert "t10k-images-idx3-ubyte.gz" in cli_error(capsys.readouterr().err)
 
 
 def test_installed_command_exits_cleanly_on_bad_input():

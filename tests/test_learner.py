@@ -89,6 +89,78 @@ def test_fit_only_callbacks_are_removed_after_fit():
     assert not hasattr(learn, "temp") and all(c.name != "temp" for c in learn.cbs)
 
 
+def test_fit_callbacks_give_back_the_callback_they_displaced():
+    from convscope.callbacks import Recorder
+
+    learn = make_learner()
+    default = learn.recorder
+    temporary = Recorder()
+    learn.fit(1, cbs=[temporary])
+    assert learn.recorder is default and temporary not in learn.cbs
+    assert [c.name for c in learn.cbs].count("recorder") == 1
+    learn.fit(1)  # and it still records
+    assert len(learn.recorder.values) == 1
+
+
+def test_remove_cb_of_a_detached_callback_says_so():
+    learn = make_learner()
+    stray = Callback()
+    with pytest.raises(ValueError, match="Callback is not attached to this learner"):
+        learn.remove_cb(stray)
+
+
+def test_lr_find_runs_again_and_again_and_after_training():
+    from matplotlib.figure import Figure
+
+    learn = make_learner()
+    first = learn.lr_find(num_it=20)
+    second = learn.lr_find(num_it=20)
+    assert first.lrs == second.lrs and first.losses == second.losses  # no trace in between
+    assert first.reliable and first.valley is not None
+    assert isinstance(first.plot(), Figure)
+    assert "lr_finder" not in vars(learn)
+
+    # a model trained on MNIST digits: its loss is low from the sweep's start and only rises
+    from convscope.data import mnist
+
+    torch.manual_seed(0)
+    dls = DataLoaders.from_data(mnist().subset(4096, 1000, seed=0), bs=64, seed=0)
+    learn = Learner(dls, simple_cnn(), progress=False)
+    learn.fit_one_cycle(3, 0.03)
+    trained = learn.lr_find(num_it=100)
+    assert not trained.reliable and trained.valley is None and trained.minimum is None
+    assert "trained already" in trained.reason and "no reliable suggestion" in \
+        trained.describe()
+    assert isinstance(trained.plot(), Figure)
+
+
+class Counter(Callback):
+    """A callback with state of its own: how many training batches it saw."""
+
+    def __init__(self):
+        self.seen = 0
+
+    def after_step(self):
+        self.seen += 1
+
+    def state_dict(self):
+        return {"seen": self.seen, "marks": torch.arange(self.seen)}
+
+    def load_state_dict(self, state):
+        self.seen = state["seen"]
+        assert torch.equal(state["marks"], torch.arange(self.seen))
+
+
+def test_every_callback_state_travels_with_a_checkpoint(tmp_path):
+    learn = make_learner(cbs=[Counter()])
+    learn.fit(2, lr=1e-2)
+    learn.save(tmp_path / "c.safetensors")
+    fresh = make_learner(cbs=[Counter()])
+    fresh.load(tmp_path / "c.safetensors")
+    assert fresh.counter.seen == learn.counter.seen == 8
+    assert fresh.recorder.values == learn.recorder.values
+
+
 @pytest.mark.parametrize("exc,where,expect_batches,expect_epochs", [
     (CancelBatchException, "after_pred", 0, 2),  # batches never step, epochs go on
     (CancelEpochException, "before_train", 0, 2),  # each epoch skipped, after_epoch still runs
