@@ -1,6 +1,6 @@
 # Quick start: `make run` trains on the embedded MNIST; `make test` runs the tests.
 # Each target creates .venv when missing. torch==2.13.0 is installed before the package so
-# pip does not pull a multi-GB CUDA build to satisfy `torch>=2.10`.
+# pip does not pull a multi-GB CUDA build to satisfy the torch requirement.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin

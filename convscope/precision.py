@@ -1,10 +1,12 @@
 """What this machine does fast in reduced precision, and the faults to steer around.
 
 bf16 and fp16 speed on a CPU depends on its instructions, not on the word "cpu": a CPU with
-AVX-512 BF16 (or AMX) runs bf16 matrix work natively, about 2.4x fp32's rate on the project's
-AVX-512 machine, while one with AVX2 alone emulates it and is about 3x slower than fp32. fp16
-is native only with AVX-512 FP16 or AMX-FP16. The run log names the path a run took
-(`describe`), and the CLI refuses fp16 on a CPU that would emulate it (`cpu_fp16_refusal`).
+AVX-512 BF16 (or AMX) runs bf16 matrix work natively (a 2048x2048 matmul 2.4x faster than fp32
+on the project's AVX-512 machine, though simple_cnn's epoch gains nothing there:
+bench/precision.py), while one with AVX2 alone emulates it and is about 3x slower than fp32.
+fp16 is native only with AVX-512 FP16 or AMX-FP16 (emulated: 6-8x slower than fp32). The run
+log names the path a run took (`describe`), and the CLI refuses fp16 on a CPU that would
+emulate it (`cpu_fp16_refusal`).
 
 The one known fault (torch 2.13.0 and 2.14.1 on CPUs with native bf16; oneDNN's bf16 path):
 

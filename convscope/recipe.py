@@ -20,6 +20,7 @@ import csv
 import dataclasses
 import io
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ import torch
 from convscope import run_folder
 from convscope.config import TrainConfig, resolve_device
 from convscope.data import DataLoaders, ImageData, idx_folder, missing_idx_files, mnist
-from convscope.errors import TrainingInterrupted, UsageError
+from convscope.errors import TrainingDivergedError, TrainingInterrupted, UsageError
 from convscope.files import atomic_write_bytes
 from convscope.learner import Learner
 from convscope.models import simple_cnn
@@ -314,7 +315,12 @@ def _train(cfg: TrainConfig, log, resume: bool, info, main: bool, run_dir: Path,
         atomic_write_bytes(run_dir / CONFIG,
                            json.dumps(asdict(cfg.resolved()), indent=2).encode())
     start = time.perf_counter()
-    learn.fit_one_cycle(cfg.epochs, cfg.lr, resume=checkpoint if pos is not None else None)
+    try:
+        learn.fit_one_cycle(cfg.epochs, cfg.lr, resume=checkpoint if pos is not None else None)
+    except TrainingDivergedError as e:  # what to run next, for the command line
+        raise TrainingDivergedError(
+            f"{e} To train again in {run_dir}, add --overwrite (or choose another --out).",
+            e.epoch, e.batch, e.lr) from None
     seconds = time.perf_counter() - start
     stop = getattr(learn, "graceful_stop", None)
     if stop is not None and stop.stopped_at is not None:
@@ -328,7 +334,14 @@ def _train(cfg: TrainConfig, log, resume: bool, info, main: bool, run_dir: Path,
     accuracy = values[-1]["accuracy"] if values else learn.validate()["accuracy"]
     if not main:
         return TrainResult(run_dir, accuracy, seconds, values)
-    write_outputs(learn, cfg, run_dir, accuracy, seconds, log)
+    from convscope.callbacks.interrupt import finish_before_stopping
+
+    def note() -> None:
+        print("convscope: training has finished; writing its outputs and report first (a "
+              "few seconds). Ctrl-C again stops at once.", file=sys.stderr, flush=True)
+
+    with finish_before_stopping(note):
+        write_outputs(learn, cfg, run_dir, accuracy, seconds, log)
     return TrainResult(run_dir, accuracy, seconds, values)
 
 

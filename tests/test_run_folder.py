@@ -191,3 +191,29 @@ def test_resume_of_a_two_process_run_starts_two_again(tmp_path, capsys):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "distributed: 2 processes" in proc.stdout
     assert (run / "model.safetensors").is_file()
+
+
+def test_first_ctrl_c_while_writing_outputs_lets_the_report_finish(tmp_path, monkeypatch,
+                                                                    capsys):
+    import signal
+
+    real = report.build_report
+
+    def pressed(run_dir):  # a user's Ctrl-C while the report is being drawn
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(run_dir)
+
+    monkeypatch.setattr(report, "build_report", pressed)
+    before = signal.getsignal(signal.SIGINT)
+    run = tmp_path / "run"
+    assert main(["train", *QUICK, "--out", str(run)]) == 0
+    assert "writing its outputs and report first" in capsys.readouterr().err
+    assert (run / "report.html").is_file()
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_divergence_says_what_to_run_next(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--lr", "1e6", *QUICK, "--no-stats", "--out", str(run)]) == 3
+    line = cli_error(capsys.readouterr().err)
+    assert f"To train again in {run}, add --overwrite" in line

@@ -59,6 +59,7 @@ class ProgressCallback(Callback):
         if self._bar is not None:
             self._task = self._bar.add_task(f"{what} {self.learn.epoch}", info="",
                                             total=len(self.learn.dl))
+            self._bar.refresh()  # drawn once at least, however fast the host runs the task
             self._last = time.perf_counter()
 
     def before_train(self) -> None:
