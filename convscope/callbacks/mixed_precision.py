@@ -5,9 +5,14 @@ gradients underflow, so a GradScaler multiplies the loss before backward, unscal
 gradients before anyone looks at them, and skips the steps whose gradients overflowed. Weights,
 optimizer state and the Recorder's losses stay float32 throughout.
 
-fp16 is for CUDA. It also runs on the CPU (torch has fp16 autocast and a CPU GradScaler), with a
-warning: there it is about 6x slower than float32 on a CPU without fp16 instructions, so it
-serves to check a run, not to speed one up. The CLI refuses it without `--device cuda`.
+On a CPU, bf16 and fp16 are fast only where the CPU has the instructions for them
+(convscope.precision); elsewhere they are emulated, slower than float32. fp16 without fp16
+instructions still runs here, with a warning, to check a run's grad-scaler path; the CLI
+refuses it there.
+
+On the CPU, bf16 autocast has a fault for convolutions whose input is smaller than their kernel
+(non-finite weight gradients, intermittently; convscope.precision describes it): MixedPrecision
+runs those convolutions in float32 (precision.SmallConvGuard).
 """
 
 from __future__ import annotations
