@@ -149,6 +149,14 @@ class ImageData:
     source: str
     skipped: list[str] = field(default_factory=list)  # files left out as unreadable
 
+    def __repr__(self) -> str:
+        shape = " x ".join(map(str, self.x_train.shape[1:]))
+        names = ", ".join(self.classes[:10]) + (", ..." if len(self.classes) > 10 else "")
+        skipped = f", {len(self.skipped)} unreadable files left out" if self.skipped else ""
+        return (f"ImageData: {len(self.y_train)} train and {len(self.y_valid)} valid images of "
+                f"{shape} ({self.x_train.dtype}), {len(self.classes)} classes ({names}), from "
+                f"{self.source}{skipped}")
+
     def subset(self, n_train: int, n_valid: int | None = None, seed: int = 0) -> ImageData:
         """A random subset of each split (the same for the same seed), e.g. for quick tests."""
         g = torch.Generator().manual_seed(seed)
@@ -395,6 +403,11 @@ class DataLoader:
     def __len__(self) -> int:
         return len(self._mine()) if self.world_size > 1 else self._all_batches()
 
+    def __repr__(self) -> str:
+        order = "shuffled" if self.shuffle else "in order"
+        return (f"DataLoader: {len(self.y)} images of {' x '.join(map(str, self.x.shape[1:]))} "
+                f"in {len(self)} batches of {self.bs} ({order}) on {self.device}")
+
     def normalize(self, xb: Tensor) -> Tensor:
         """uint8 (B, C, H, W) -> float32 (B, C, H, W), normalised."""
         return torch.addcmul(self.shift, xb.float(), self.scale)
@@ -449,6 +462,14 @@ class DataLoaders:
 
     def __init__(self, train: DataLoader, valid: DataLoader, classes: list[str]) -> None:
         self.train, self.valid, self.classes = train, valid, classes
+
+    def __repr__(self) -> str:
+        t, v = self.train, self.valid
+        names = ", ".join(self.classes[:10]) + (", ..." if len(self.classes) > 10 else "")
+        return (f"DataLoaders: train {len(t.y)} images in {len(t)} batches of {t.bs} "
+                f"(shuffled), valid {len(v.y)} in {len(v)} batches of {v.bs}; images of "
+                f"{' x '.join(map(str, t.x.shape[1:]))}, {self.c} classes ({names}), on "
+                f"{self.device}")
 
     @property
     def c(self) -> int:

@@ -40,6 +40,24 @@ class Finding:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def _repr_html_(self) -> str:
+        from convscope.display import findings_html
+
+        return findings_html([self])
+
+
+class Diagnosis(list):
+    """The findings `diagnose` returns, most severe first: a list that reads as sentences in a
+    terminal and as coloured boxes in a notebook."""
+
+    def __repr__(self) -> str:
+        return "\n".join(str(f) for f in self) if self else "(no findings)"
+
+    def _repr_html_(self) -> str:
+        from convscope.display import findings_html
+
+        return findings_html(self)
+
 
 @dataclass
 class Thresholds:
@@ -259,7 +277,7 @@ def valid_gap(values: list[dict], th: Thresholds) -> list[Finding]:
 
 
 def diagnose(learn=None, stats=None, history=None,
-             thresholds: Thresholds | None = None) -> list[Finding]:
+             thresholds: Thresholds | None = None) -> Diagnosis:
     """Every finding about a run, the most severe first; one "healthy" finding if none.
 
     Args:
@@ -288,11 +306,11 @@ def diagnose(learn=None, stats=None, history=None,
             [f"{len(stats.layer_names)} layers' activations"] if stats is not None
             and stats.batches else [])
         if not looked:  # e.g. a fit of 0 epochs: no verdict from no evidence
-            return [Finding("info", "nothing_recorded", "Nothing to diagnose: no training batch "
-                            "was recorded (0 epochs, or a fit cancelled before its first "
-                            "batch).", "")]
+            return Diagnosis([Finding(
+                "info", "nothing_recorded", "Nothing to diagnose: no training batch was "
+                "recorded (0 epochs, or a fit cancelled before its first batch).", "")])
         findings.append(Finding("info", "healthy", "The run looks healthy: no dead, collapsing "
                                 "or exploding layers, no loss spikes, NaN or divergence, and "
                                 "valid loss in line with train loss "
                                 f"(checked {' and '.join(looked)}).", ""))
-    return findings
+    return Diagnosis(findings)

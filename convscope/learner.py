@@ -81,6 +81,26 @@ class Learner:
         for cb in (*defaults, *cbs):
             self.add_cb(cb)
 
+    def __repr__(self) -> str:
+        params = sum(p.numel() for p in self.model.parameters())
+        opt = getattr(self.opt_func, "__name__", type(self.opt_func).__name__)
+        loss = getattr(self.loss_func, "__name__", type(self.loss_func).__name__)
+        trained = (f"trained {len(self.recorder.values)} epochs"
+                   if getattr(self, "recorder", None) is not None and self.recorder.values
+                   else "not trained yet")
+        return (f"Learner: {type(self.model).__name__} ({params:,} parameters) on "
+                f"{self.dls.device}, {trained}\n  data: {self.dls!r}\n  loss: {loss}, "
+                f"optimizer: {opt} (lr {self.lr:g}), metrics: "
+                f"{', '.join(metric_name(m) for m in self.metrics) or 'none'}\n  callbacks: "
+                f"{', '.join(c.name for c in sorted(self.cbs, key=lambda c: c.order))}")
+
+    def _repr_html_(self) -> str:
+        import html
+
+        lines = repr(self).splitlines()
+        items = "".join(f"<li>{html.escape(line.strip())}</li>" for line in lines[1:])
+        return f"<p><b>{html.escape(lines[0])}</b></p><ul>{items}</ul>"
+
     # --- callbacks -------------------------------------------------------------------------
     def add_cb(self, cb: Callback) -> Learner:
         """Attach a callback and expose it as `self.<cb.name>`, replacing any callback of

@@ -71,6 +71,18 @@ class Summary:
 
     __repr__ = __str__
 
+    def _repr_html_(self) -> str:
+        from convscope.display import table_html
+
+        rows = [{"layer": r["layer"], "type": r["type"],
+                 "output": " x ".join(map(str, r["output"])), "params": f"{r['params']:,}",
+                 "trainable": r["trainable"], "MACs": f"{r['macs']:,}",
+                 "receptive field": f"{r['rf']}x{r['rf']} (jump {r['jump']})"} for r in self.rows]
+        return (f"<p>input: {' x '.join(map(str, self.input_shape))}</p>"
+                + table_html(rows, left=("layer", "type", "output", "trainable"))
+                + f"<p>total params: {self.total_params:,} (trainable "
+                f"{self.trainable_params:,}); total MACs per image: {self.total_macs:,}</p>")
+
 
 def summary(model: nn.Module, input_shape: tuple[int, ...]) -> Summary:
     """A table of the layers of `model` for one input of `input_shape` (C, H, W).

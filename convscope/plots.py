@@ -1,5 +1,8 @@
 """Plots: the only module that imports matplotlib. Every function returns its figure and can
 save it as a PNG; none touches pyplot's global state, so they are safe in scripts and threads.
+
+The figures are `Figure`s (matplotlib's, plus `_repr_png_`): returned as a notebook cell's value
+they show as an image, once, with no `%matplotlib` magic; in a script nothing pops up.
 """
 
 from __future__ import annotations
@@ -9,19 +12,37 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from matplotlib.figure import Figure
+from matplotlib.figure import Figure as _MplFigure
 from torch import Tensor
 
 from convscope.errors import UsageError
 from convscope.files import atomic_write_bytes
 
 
+class Figure(_MplFigure):
+    """A matplotlib Figure that a Jupyter notebook shows as a PNG when it is a cell's value.
+
+    Made without pyplot, so no backend shows it a second time and scripts open no window."""
+
+    def _repr_png_(self) -> bytes:
+        return png_bytes(self)
+
+    def __repr__(self) -> str:
+        w, h = self.get_size_inches()
+        return f"<Figure {w:g}x{h:g} in, {len(self.axes)} axes>"
+
+
+def png_bytes(fig: _MplFigure, dpi: int = 100) -> bytes:
+    """The figure as PNG bytes."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    return buf.getvalue()
+
+
 def save_figure(fig: Figure, path: str | Path | None, dpi: int = 100) -> Figure:
     """Write `fig` to `path` as PNG, atomically; a None path does nothing."""
     if path is not None:
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-        atomic_write_bytes(path, buf.getvalue())
+        atomic_write_bytes(path, png_bytes(fig, dpi))
     return fig
 
 

@@ -19,7 +19,8 @@ from pathlib import Path
 from convscope.callbacks.activation_stats import ActivationStats
 from convscope.callbacks.recorder import History
 from convscope.config import describe
-from convscope.diagnosis import Finding, diagnose
+from convscope.diagnosis import diagnose
+from convscope.display import findings_html, table_html
 from convscope.errors import UsageError
 from convscope.files import atomic_write_bytes
 
@@ -99,36 +100,6 @@ def _img(src: str, alt: str) -> str:
     return f'<img src="{src}" alt="{html.escape(alt)}">'
 
 
-def _table(rows: list[dict], left: tuple[str, ...] = ()) -> str:
-    if not rows:
-        return "<p>(none)</p>"
-    cols = list(rows[0])
-    head = "".join(f'<th class="{"l" if c in left else ""}">{html.escape(c)}</th>' for c in cols)
-    body = []
-    for r in rows:
-        cells = []
-        for c in cols:
-            v = r[c]
-            text = f"{v:.6g}" if isinstance(v, float) else str(v)
-            cells.append(f'<td class="{"l" if c in left else ""}">{html.escape(text)}</td>')
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
-
-
-def _findings(findings: list[Finding]) -> str:
-    parts = []
-    for f in findings:
-        where = []
-        if f.layer is not None:
-            where.append(f"layer {f.layer}")
-        if f.batches is not None:
-            where.append(f"batches {f.batches[0]}-{f.batches[1]}")
-        extra = f" <small>({html.escape(', '.join(where))})</small>" if where else ""
-        parts.append(f'<div class="finding {f.severity}"><span class="sev">{f.severity}</span>'
-                     f"{html.escape(f.message)} {html.escape(f.suggestion)}{extra}</div>")
-    return "\n".join(parts)
-
-
 def _summary_text(run: Run) -> str | None:
     meta = run.model_meta
     if meta.get("model") != "simple_cnn" or "input_shape" not in meta:
@@ -154,11 +125,11 @@ def render(run: Run) -> str:
     out = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
            f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
            f"<h1>{html.escape(title)}</h1><p>{html.escape(headline)}</p>",
-           "<h2>Diagnosis</h2>", _findings(findings),
+           "<h2>Diagnosis</h2>", findings_html(findings),
            "<h2>Settings</h2>",
-           _table([dict(zip(("setting", "value"), describe(k, v), strict=True))
+           table_html([dict(zip(("setting", "value"), describe(k, v), strict=True))
                    for k, v in run.config.items()], left=("setting", "value")),
-           "<h2>Epochs</h2>", _table(run.values)]
+           "<h2>Epochs</h2>", table_html(run.values)]
     h = run.history
     if h.losses:
         out += ["<h2>Loss and schedule</h2>",

@@ -174,6 +174,19 @@ class LRFindResult:
         return (f"{sweep}; suggestions: valley {s.valley:.2g}, steep {s.steep:.2g}, minimum "
                 f"{s.minimum:.2g}")
 
+    def __repr__(self) -> str:
+        return f"LRFindResult: {self.describe()}"
+
+    def _repr_html_(self) -> str:
+        import base64
+        import html
+
+        from convscope.plots import png_bytes
+
+        png = base64.b64encode(png_bytes(self.plot())).decode()
+        return (f"<p>{html.escape(self.describe())}</p>"
+                f'<img src="data:image/png;base64,{png}" alt="lr_find curve">')
+
     def plot(self, save: str | Path | None = None):
         """The curve with the suggestions marked; returns the matplotlib Figure."""
         from convscope import plots

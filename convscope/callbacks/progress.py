@@ -1,7 +1,10 @@
 """ProgressCallback: a live bar with the smoothed loss, and a table row per epoch.
 
-On a terminal, rich draws the bar and prints rows above it. Anywhere else (a log file, CI, a
-pipe) only the table is printed, one plain line per epoch, so logs stay readable.
+On a terminal, rich draws the bar and prints rows above it. In a Jupyter notebook (JupyterLab,
+classic Notebook, VS Code: any front end of an IPython kernel) one output area is updated in
+place, a bar with the smoothed loss above the epoch table, through IPython's display ids (no
+ipywidgets); nothing is printed per batch. Anywhere else (a log file, CI, a pipe) only the
+table is printed, one plain line per epoch, so logs stay readable.
 """
 
 from __future__ import annotations
@@ -33,13 +36,20 @@ class ProgressCallback(Callback):
         self.refresh = refresh
         self.file = file
         self._bar = None  # after_fit runs even when another callback's before_fit failed
+        self._notebook: NotebookProgress | None = None
 
     def before_fit(self) -> None:
+        from convscope.display import in_notebook
+
         out = self.file or sys.stdout
+        self._bar = None
+        self._notebook = NotebookProgress() if self.file is None and in_notebook() else None
+        if self._notebook is not None:
+            self.live = False
+            return
         self.live = out.isatty()
         names = ["epoch", "train_loss", "valid_loss", *self.learn.recorder.metric_names, "time"]
         self._print(format_row(names))
-        self._bar = None
         if self.live:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -56,6 +66,9 @@ class ProgressCallback(Callback):
             print(line, file=self.file or sys.stdout, flush=True)
 
     def _start_task(self, what: str) -> None:
+        if self._notebook is not None:
+            self._notebook.task(f"{what} {self.learn.epoch}", len(self.learn.dl))
+            self._last = time.perf_counter()
         if self._bar is not None:
             self._task = self._bar.add_task(f"{what} {self.learn.epoch}", info="",
                                             total=len(self.learn.dl))
@@ -69,6 +82,14 @@ class ProgressCallback(Callback):
         self._start_task("valid")
 
     def after_batch(self) -> None:
+        if self._notebook is not None:
+            now = time.perf_counter()
+            due = now - self._last > self.refresh
+            if due:
+                self._last = now
+            loss = (self.learn.recorder.smooth_loss if due and self.learn.training else None)
+            self._notebook.advance(loss, draw=due)
+            return
         if self._bar is None:
             return
         info = None
@@ -88,9 +109,64 @@ class ProgressCallback(Callback):
     def after_epoch(self) -> None:
         row = dict(self.learn.recorder.values[-1])
         row["time"] = f"{row['time']:.1f}s"
+        if self._notebook is not None:
+            self._notebook.add_row(row)
+            return
         self._print(format_row(list(row.values())))
 
     def after_fit(self) -> None:
+        if getattr(self, "_notebook", None) is not None:
+            self._notebook.finish()
+            self._notebook = None
         if self._bar is not None:
             self._bar.stop()
             self._bar = None
+
+
+class NotebookProgress:
+    """One output area of a notebook, updated in place: a progress bar with the smoothed loss
+    while a task runs, and the epoch table below it."""
+
+    def __init__(self) -> None:
+        from IPython.display import HTML, display
+
+        self._html = HTML
+        self.rows: list[dict] = []
+        self.what, self.total, self.done, self.info = "", 0, 0, ""
+        self.handle = display(HTML(self.render()), display_id=True)
+
+    def task(self, what: str, total: int) -> None:
+        self.what, self.total, self.done = what, total, 0
+        self.draw()
+
+    def advance(self, loss: float | None, draw: bool) -> None:
+        self.done += 1
+        if loss is not None:
+            self.info = f"loss {loss:.4f}"
+        if draw or self.done == self.total:
+            self.draw()
+
+    def add_row(self, row: dict) -> None:
+        self.rows.append(row)
+        self.what = ""
+        self.draw()
+
+    def finish(self) -> None:
+        self.what = ""
+        self.draw()
+
+    def draw(self) -> None:
+        self.handle.update(self._html(self.render()))
+
+    def render(self) -> str:
+        import html
+
+        from convscope.display import table_html
+
+        bar = ""
+        if self.what:
+            bar = (f'<div><progress value="{self.done}" max="{self.total}" style="width:300px">'
+                   f"</progress> {html.escape(self.what)}: {self.done}/{self.total} "
+                   f"{html.escape(self.info)}</div>")
+        table = table_html(self.rows) if self.rows else ""
+        return f'<div class="convscope-progress">{bar}{table}</div>'

@@ -46,6 +46,21 @@ class History:
             raise UsageError(f"{path}: cannot be read as a training history: {e}") from None
 
 
+class EpochTable(list):
+    """One dict per epoch (epoch, train_loss, valid_loss, metrics, time): a list that reads as
+    a table with sensible precision, in a terminal and in a notebook."""
+
+    def __repr__(self) -> str:
+        from convscope.display import table_text
+
+        return table_text(self) if self else "(no epoch yet)"
+
+    def _repr_html_(self) -> str:
+        from convscope.display import table_html
+
+        return table_html(self)
+
+
 class Recorder(Callback):
     """Reached as `learn.recorder`.
 
@@ -63,14 +78,14 @@ class Recorder(Callback):
         self.losses: list[float] = []
         self.smooth_losses: list[float] = []
         self.hps: dict[str, list[list[float]]] = {"lr": [], "mom": []}
-        self.values: list[dict[str, float]] = []
+        self.values: list[dict[str, float]] = EpochTable()
 
     @property
     def metric_names(self) -> list[str]:
         return [metric_name(m) for m in self.learn.metrics]
 
     def before_fit(self) -> None:
-        self.losses, self.smooth_losses, self.values = [], [], []
+        self.losses, self.smooth_losses, self.values = [], [], EpochTable()
         self.hps = {"lr": [], "mom": []}
         self._avg: Tensor | None = None
         self._count = 0
@@ -153,11 +168,19 @@ class Recorder(Callback):
         """Restore what `state_dict` returned (called after before_fit, when resuming)."""
         h = state["history"]
         self.losses, self.smooth_losses = list(h["losses"]), list(h["smooth_losses"])
-        self.hps, self.values = h["hps"], h["values"]
+        self.hps, self.values = h["hps"], EpochTable(h["values"])
         dev = self.learn.dls.device
         self._avg = None if state["avg"] is None else torch.tensor(state["avg"], device=dev)
         self._count = state["count"]
         self._resumed_partial = state["partial"] if state["partial"][0] else None
+
+    def __repr__(self) -> str:
+        return (f"Recorder: {len(self.losses)} training batches, {len(self.values)} epochs\n"
+                + repr(self.values))
+
+    def _repr_html_(self) -> str:
+        return (f"<p>Recorder: {len(self.losses)} training batches, {len(self.values)} "
+                f"epochs</p>" + self.values._repr_html_())
 
     def plot_loss(self, skip_start: int = 5, with_valid: bool = True,
                   save: str | Path | None = None):
