@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from convscope.errors import UsageError
-from convscope.files import read_safetensors
+from convscope.files import read_safetensors, read_safetensors_bytes
 
 FORMAT = "convscope.checkpoint"
 VERSION = 2  # 2: every callback's state and the world size (1: the Recorder's only)
@@ -146,14 +146,20 @@ def save_learner(learn, path: str | Path) -> Path:
     return save_checkpoint(learn, path, pos, learn.dls.train.generator.get_state())
 
 
-def read_checkpoint(path: str | Path) -> tuple[dict, dict]:
+def read_checkpoint(path: str | Path, payload: bytes | None = None) -> tuple[dict, dict]:
     """The tensors and metadata of a checkpoint file, checked to be one.
 
+    Args:
+        payload: the file's bytes, when they came from another process rather than a disk.
     Raises:
         ValueError: missing, truncated, corrupt, foreign or of a newer format version.
     """
     path = Path(path)
-    tensors, meta = read_safetensors(path, FORMAT, "a convscope checkpoint")
+    if payload is not None:
+        tensors, meta = read_safetensors_bytes(payload, str(path), FORMAT,
+                                               "a convscope checkpoint")
+    else:
+        tensors, meta = read_safetensors(path, FORMAT, "a convscope checkpoint")
     if int(meta.get("version", 0)) > VERSION:
         raise UsageError(f"{path}: checkpoint format version {meta['version']} is newer than "
                          f"this convscope reads ({VERSION}). Upgrade convscope.")
@@ -217,7 +223,14 @@ def load_checkpoint(learn, path: str | Path, resuming: bool = False) -> Position
             other way round) is warned about, since its record would have a gap.
     """
     path = Path(path)
-    tensors, meta = read_checkpoint(path)
+    payload = None
+    if resuming and getattr(learn, "distributed", None) is not None:
+        # rank 0's file, sent to every process: other machines need not see its disk
+        from convscope.distributed import same_everywhere
+
+        payload = same_everywhere(path.read_bytes() if learn.distributed.info.is_main
+                                  else None)
+    tensors, meta = read_checkpoint(path, payload)
     if resuming:
         check_world(learn, meta["world"], path)
     model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}

@@ -93,6 +93,18 @@ def build_parser() -> argparse.ArgumentParser:
                    "config.json (only --device may change)")
     t.add_argument("--overwrite", action="store_true", default=argparse.SUPPRESS,
                    help="replace the run the --out folder holds (its files are deleted first)")
+    g = t.add_argument_group("several processes and machines (also with --resume)")
+    g.add_argument("--nnodes", type=positive_int, default=1, metavar="M",
+                   help="machines in the group, each started with the same command (default: 1)")
+    g.add_argument("--node-rank", type=non_negative_int, default=0, metavar="R",
+                   help="this machine's place, 0 on the machine at --rdzv-endpoint (default: 0)")
+    g.add_argument("--rdzv-endpoint", metavar="HOST:PORT",
+                   help="with --nnodes: where the machines meet (HOST: the machine of node rank 0)")
+    g.add_argument("--rdzv-timeout", type=positive_float, default=600.0, metavar="S",
+                   help="seconds for every machine to join (default: 600)")
+    g.add_argument("--max-restarts", type=non_negative_int, default=0, metavar="K",
+                   help="restart a failed group of processes up to K times, each resuming from "
+                   "the last checkpoint (default: 0)")
     t.set_defaults(func=_train)
 
     k = sub.add_parser("kernel", help="apply a kernel to an image and draw the result",
@@ -272,53 +284,23 @@ def _summary(args: argparse.Namespace) -> int:
     return 0
 
 
-def _without_nproc(argv: list[str]) -> list[str]:
-    """argv less --nproc, which torchrun would take for its own --nproc-per-node (the workers
-    learn the count from torchrun: WORLD_SIZE)."""
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a == "--nproc":
-            skip = True
-        elif not a.startswith("--nproc="):
-            out.append(a)
-    return out
-
-
-def _torchrun(nproc: int, argv: list[str]) -> int:
-    """Start `nproc` processes of `convscope <argv>` with torchrun, on this machine.
-
-    Each process gets an equal share of the cores as its thread count (torchrun would give
-    each one thread), unless OMP_NUM_THREADS is set: every core busy, none oversubscribed.
-    """
-    import os
-    import subprocess
-
-    env = dict(os.environ)
-    if "OMP_NUM_THREADS" not in env:
-        env["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // nproc))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc-per-node={nproc}", "-m", "convscope", *_without_nproc(argv)]
-    return subprocess.call(cmd, env=env)
-
-
 def _train(args: argparse.Namespace) -> int:
     import os
 
     from convscope import recipe
+    from convscope.launch import Launch, LaunchFailed, launch
 
     given = {name: getattr(args, name) for name in TRAIN_OPTIONS if hasattr(args, name)}
     overwrite = getattr(args, "overwrite", False)
     # every check happens here, in the launching process, so bad input is one line even
-    # when torchrun is about to start several processes
+    # when several processes are about to start
     if args.resume is not None:
         fixed = [options()[n].flag for n in given if not options()[n].resumable]
         fixed += ["--overwrite"] if overwrite else []
         if fixed:
             raise UserError(f"--resume continues {args.resume} with the settings in its "
-                            f"config.json; it takes no {', '.join(fixed)} (only --device may "
-                            f"change). Start a new run with another --out instead")
+                            f"config.json; it takes no {', '.join(fixed)} (only --device and "
+                            f"--nproc may change). Start a new run with another --out instead")
         cfg = recipe.load_config(args.resume, **given)
         done = recipe.completed(args.resume, cfg)
         if done is not None:
@@ -327,12 +309,19 @@ def _train(args: argparse.Namespace) -> int:
     else:
         cfg = recipe.TrainConfig(**given)
     recipe.check_data(cfg.data)
-    if cfg.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        if args.resume is None:  # refuse a folder that holds a run before starting anyone
+    spec = Launch(cfg.nproc, args.nnodes, args.node_rank, args.rdzv_endpoint,
+                  args.max_restarts, args.rdzv_timeout)
+    if spec.several and "TORCHELASTIC_RUN_ID" not in os.environ:
+        if args.resume is None and spec.node_rank == 0:  # refuse a run folder before any start
             from convscope.run_folder import prepare
 
             prepare(cfg.out, overwrite)
-        return _torchrun(cfg.nproc, args.argv)
+        try:
+            return launch(spec, args.argv, cfg.out)
+        except LaunchFailed as e:
+            if e.exit_code != 2:  # 2: the workers said what they refused, one line each
+                print(f"convscope: {e}", file=sys.stderr)
+            return e.exit_code
     recipe.run_training(cfg, resume=args.resume is not None, overwrite=overwrite)
     return 0
 
@@ -365,10 +354,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 130
         if isinstance(e, TrainingDivergedError):
             print(f"convscope: {e}", file=sys.stderr)
-            return 3
+            return e.exit_code
         print(f"convscope: error: {e}" if not str(e).startswith("convscope") else str(e),
               file=sys.stderr)
-        return 2
+        return e.exit_code
     except BrokenPipeError:  # output piped into `head` and closed: not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

@@ -35,7 +35,8 @@ class Option:
         check: a value passes when check(value) is true; `expected` says what passes.
         unset: what None means, for the report and `--help`.
         choices: the accepted values, when they are few.
-        resumable: `--resume` may change it (the device: same arithmetic, other hardware).
+        resumable: `--resume` may change it (the device: same arithmetic, other hardware; the
+            processes per machine, as long as the world size stays what the checkpoint says).
         metavar: the placeholder in `--help`.
     """
 
@@ -134,8 +135,8 @@ class TrainConfig:
         label="precision", help="fp32, or mixed precision bf16 or fp16")
     nproc: int = option(
         1, flag="--nproc", kind=int, check=lambda v: v >= 1, expected="an integer >= 1",
-        metavar="N", label="processes",
-        help="train in N processes with DistributedDataParallel (starts torchrun)")
+        metavar="N", label="processes per machine", resumable=True,
+        help="train in N processes per machine with DistributedDataParallel")
     sync_bn: bool = option(
         False, flag="--sync-bn", label="SyncBatchNorm",
         help="with --nproc: batchnorm statistics over all processes' batches (CUDA)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -50,15 +51,70 @@ def setup(device: torch.device) -> DistInfo:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(info.local_rank)
-        dist.init_process_group(backend)
+        dist.init_process_group(backend, store=_store(info), rank=info.rank,
+                                world_size=info.world_size)
     return info
 
 
-def teardown() -> None:
-    """Wait for every process, then leave the group."""
+def _store(info: DistInfo) -> dist.Store:
+    """The key-value store the processes meet in, its keys prefixed by the restart count.
+
+    torch 2.13's default (env://) store keeps the keys of an earlier attempt of a restarted
+    group: the new gloo group then connects to the address of the process that died
+    ("Connection refused"; with plain torchrun --max-restarts 1, 3 of 5 restarts failed here).
+    Under the elastic launcher the store is the agent's (we join it as a client); under a bare
+    MASTER_ADDR/MASTER_PORT, rank 0 serves it."""
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                          info.world_size, is_master=not agent and info.rank == 0,
+                          timeout=timedelta(minutes=10))
+    return dist.PrefixStore(f"convscope/attempt_{restart_count()[0]}", store)
+
+
+def teardown(ok: bool = True) -> None:
+    """Leave the group: after a finished run, once every process is there; after a failure
+    at once (a barrier would wait for processes that are gone)."""
     if dist.is_initialized():
-        dist.barrier()
+        if ok:
+            dist.barrier()
         dist.destroy_process_group()
+
+
+def restart_count() -> tuple[int, int]:
+    """(restarts so far, restarts allowed) of this worker group, as the elastic launcher
+    (torchrun, `convscope train --max-restarts`) sets them; (0, 0) outside it."""
+    return (int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")),
+            int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")))
+
+
+def same_everywhere(value):
+    """Rank 0's `value` in every process (a broadcast of a picklable value made by convscope
+    itself); `value` as it is outside a process group."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def check_same_config(config: dict, ignore: tuple[str, ...] = ()) -> None:
+    """Refuse to train when the processes (machines started with their own command lines)
+    were given different settings; `ignore` names those that may differ (paths).
+
+    Raises:
+        UsageError: in every process, naming each setting and its values by rank.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    mine = {k: v for k, v in config.items() if k not in ignore}
+    every: list[dict] = [{}] * dist.get_world_size()
+    dist.all_gather_object(every, mine)
+    differ = sorted({k for c in every for k in c if c.get(k) != every[0].get(k)})
+    if differ:
+        detail = "; ".join(f"{k}: " + ", ".join(f"rank {r} {c.get(k)!r}"
+                                                for r, c in enumerate(every)) for k in differ)
+        raise UsageError(f"the processes were started with different settings ({detail}). "
+                         f"Start every machine with the same options.")
 
 
 class Distributed(Callback):

@@ -9,7 +9,10 @@ other exception is a bug, and the CLI shows its traceback.
 
 
 class ConvscopeError(Exception):
-    """Base of the errors convscope raises on purpose; the message says what to do."""
+    """Base of the errors convscope raises on purpose; the message says what to do.
+    `exit_code` is the CLI's for it."""
+
+    exit_code = 2
 
 
 class UsageError(ConvscopeError, ValueError):
@@ -25,8 +28,17 @@ class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C stopped `convscope train`; the message says where and what to run next."""
 
 
+class PeerLost(ConvscopeError):
+    """Another process of a distributed run stopped; this one cannot go on. The launcher
+    restarts the group (`--max-restarts`) or says how to resume."""
+
+    exit_code = 1
+
+
 class TrainingDivergedError(ConvscopeError, RuntimeError):
     """The loss or a gradient became NaN or infinite; the message says where and what to do."""
+
+    exit_code = 3
 
     def __init__(self, message: str, epoch: int, batch: int, lr: float) -> None:
         super().__init__(message)

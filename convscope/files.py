@@ -67,3 +67,25 @@ def read_safetensors(path: str | Path, fmt: str, what: str) -> tuple[dict, dict[
         raise UsageError(f"{path}: cannot be read as {what} (truncated or corrupt?): "
                          f"{e}") from None
     return tensors, meta
+
+
+def read_safetensors_bytes(data: bytes, name: str, fmt: str,
+                           what: str) -> tuple[dict, dict[str, str]]:
+    """`read_safetensors` of a file's bytes (received from another process), `name` naming
+    it in messages."""
+    import json
+
+    from safetensors.torch import load
+
+    try:
+        size = int.from_bytes(data[:8], "little")
+        meta = json.loads(data[8:8 + size]).get("__metadata__") or {}
+        if meta.get("format") != fmt:
+            raise UsageError(f"{name}: not {what} (its metadata names format "
+                             f"{meta.get('format')!r}, expected {fmt!r}).")
+        return load(data), meta
+    except UsageError:
+        raise
+    except Exception as e:
+        raise UsageError(f"{name}: cannot be read as {what} (truncated or corrupt?): "
+                         f"{e}") from None

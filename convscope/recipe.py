@@ -20,6 +20,8 @@ import csv
 import dataclasses
 import io
 import json
+import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -30,7 +32,7 @@ import torch
 from convscope import run_folder
 from convscope.config import TrainConfig, resolve_device
 from convscope.data import DataLoaders, ImageData, idx_folder, missing_idx_files, mnist
-from convscope.errors import TrainingDivergedError, TrainingInterrupted, UsageError
+from convscope.errors import PeerLost, TrainingDivergedError, TrainingInterrupted, UsageError
 from convscope.files import atomic_write_bytes
 from convscope.learner import Learner
 from convscope.models import simple_cnn
@@ -213,11 +215,23 @@ def run_training(cfg: TrainConfig, log=print, resume: bool = False,
     if distributed.launched_by_torchrun():
         info = distributed.setup(resolve_device(cfg.device))
     try:
-        return _run(cfg, log if info is None or info.is_main else _silent, resume, overwrite,
-                    info)
-    finally:
         if info is not None:
-            distributed.teardown()
+            # the processes per machine, as launched (torchrun may have started them directly)
+            cfg = dataclasses.replace(cfg, nproc=int(os.environ.get("LOCAL_WORLD_SIZE",
+                                                                    info.world_size)))
+            distributed.check_same_config(asdict(cfg), ignore=("data", "out", "device"))
+        result = _run(cfg, log if info is None or info.is_main else _silent, resume,
+                      overwrite, info)
+    except BaseException as e:
+        if info is not None:
+            distributed.teardown(ok=False)
+            if isinstance(e, RuntimeError) and "peer" in str(e).lower():
+                raise PeerLost(f"process {info.rank}: another process of the group stopped "
+                               f"({str(e).splitlines()[0][-80:]}); this one stops too") from None
+        raise
+    if info is not None:
+        distributed.teardown()
+    return result
 
 
 def _silent(*args, **kwargs) -> None:
@@ -245,19 +259,22 @@ def _interrupted(phase: str, run_dir: Path, created: bool, resume: bool) -> str:
 
 
 def _run(cfg: TrainConfig, log, resume: bool, overwrite: bool, info) -> TrainResult:
+    from convscope.distributed import restart_count, same_everywhere
+
     main = info is None or info.is_main
-    if info is not None:  # started by torchrun directly: the config records the real count
-        cfg = dataclasses.replace(cfg, nproc=info.world_size)
     run_dir = Path(cfg.out)
+    restart = restart_count() if info is not None else (0, 0)
+    if restart[0] > 0:  # a restarted group goes on from the last checkpoint
+        resume = True
     if resume:
-        done = completed(run_dir, cfg)
+        done = same_everywhere(completed(run_dir, cfg) if main else None)
         if done is not None:
             log(done)
-            return _result_of(run_dir)
+            return _result_of(run_dir) if main else TrainResult(run_dir, math.nan, 0.0)
     created = main and not resume and run_folder.prepare(run_dir, overwrite)
     phase = ["loading the data"]  # where a Ctrl-C lands, for its message
     try:
-        return _train(cfg, log, resume, info, main, run_dir, phase)
+        return _train(cfg, log, resume, info, main, run_dir, phase, restart)
     except TrainingInterrupted:
         raise
     except KeyboardInterrupt:
@@ -278,9 +295,9 @@ def _result_of(run_dir: Path) -> TrainResult:
 
 
 def _train(cfg: TrainConfig, log, resume: bool, info, main: bool, run_dir: Path,
-           phase: list[str]) -> TrainResult:
+           phase: list[str], restart: tuple[int, int]) -> TrainResult:
     from convscope.callbacks import CheckpointCallback, GracefulStop
-    from convscope.distributed import Distributed
+    from convscope.distributed import Distributed, same_everywhere
     from convscope.precision import describe
 
     checkpoint = run_dir / CHECKPOINT
@@ -302,8 +319,12 @@ def _train(cfg: TrainConfig, log, resume: bool, info, main: bool, run_dir: Path,
         learn.add_cb(CheckpointCallback(checkpoint, every_batches=cfg.checkpoint_every))
     if info is None:  # several processes would stop at different batches
         learn.add_cb(GracefulStop())
-    pos = checkpoint_position(run_dir) if resume else None
-    if resume and pos is None:
+    pos = same_everywhere(checkpoint_position(run_dir) if resume and main else None)
+    if restart[0] > 0:
+        where = (f"epoch {pos['epoch']}, batch {pos['batch']}" if pos is not None
+                 else "the start (no checkpoint had been written)")
+        log(f"restart {restart[0]} of {restart[1]}: resumed from {where}")
+    elif resume and pos is None:
         log(f"{run_dir} has no checkpoint yet (it stopped before the first): training it "
             f"from the start with its settings")
     elif pos is not None and pos["epoch"] >= pos["n_epoch"]:
@@ -311,7 +332,7 @@ def _train(cfg: TrainConfig, log, resume: bool, info, main: bool, run_dir: Path,
             f"outputs the run had not written yet")
     elif pos is not None:
         log(f"resuming from {checkpoint}: epoch {pos['epoch']}, batch {pos['batch']}")
-    if main and not resume:
+    if main and (not resume or not (run_dir / CONFIG).is_file()):
         atomic_write_bytes(run_dir / CONFIG,
                            json.dumps(asdict(cfg.resolved()), indent=2).encode())
     start = time.perf_counter()

@@ -47,11 +47,11 @@ def test_resume_of_a_complete_run_changes_no_file(finished, capsys):
     (["--lr", "0.1", "--no-stats"], "--lr, --no-stats"),
     (["--overwrite"], "--overwrite"),
 ])
-def test_resume_refuses_options_other_than_device(finished, capsys, extra, named):
+def test_resume_refuses_options_other_than_device_and_nproc(finished, capsys, extra, named):
     before = files(finished)
     assert main(["train", "--resume", str(finished), *extra]) == 2
     line = cli_error(capsys.readouterr().err)
-    assert f"it takes no {named} (only --device may change)" in line
+    assert f"it takes no {named} (only --device and --nproc may change)" in line
     assert files(finished) == before
 
 
