@@ -209,8 +209,8 @@ def check_world(learn, world: dict, path: Path) -> None:
     raise UsageError(
         f"{path} was written by a run in {n} process{'es' if n != 1 else ''} (global batch "
         f"{world['global_bs']}); this one runs in {own['world_size']}. Resume it in {n}: "
-        f"`convscope train --resume RUN_DIR` starts {n} again (or `torchrun "
-        f"--nproc-per-node={n} ...`).")
+        f"`convscope train --resume RUN_DIR --nproc {n}` on one machine, or --nproc "
+        f"{n} / M on each of M machines with --nnodes M.")
 
 
 def load_checkpoint(learn, path: str | Path, resuming: bool = False) -> Position:

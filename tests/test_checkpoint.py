@@ -130,7 +130,8 @@ def test_resume_in_another_world_size_is_refused(tmp_path):
     raw["world"] = json.dumps({"world_size": 2, "global_bs": 64})  # as a 2-process run writes
     save_tensors(tensors, str(ck), metadata=raw)
     with pytest.raises(ValueError, match=r"written by a run in 2 processes \(global batch 64\); "
-                                         r"this one runs in 1. Resume it in 2"):
+                                         r"this one runs in 1. Resume it in 2: `convscope "
+                                         r"train --resume RUN_DIR --nproc 2`"):
         learner().fit_one_cycle(2, 1e-2, resume=ck)
     learner().load(ck)  # outside a fit (weights for inference, say) it loads
 

@@ -109,6 +109,15 @@ def test_two_machines_on_localhost_train_as_one(reference, tmp_path):
         assert code == 0, err[-3000:]
     assert sum(out.count("test accuracy:") for _, out, _ in results) == 1  # global rank 0
     same_weights(reference, run)
+    # the same world size on one machine resumes it; another is refused, saying how
+    (run / "report.html").unlink()
+    refused = train("--resume", str(run))
+    assert refused.returncode == 2
+    assert "Resume it in 2: `convscope train --resume RUN_DIR --nproc 2`" in cli_error(
+        refused.stderr)
+    resumed = train("--resume", str(run), "--nproc", "2")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (run / "report.html").is_file()
 
 
 def test_machines_with_different_settings_are_refused(tmp_path):
