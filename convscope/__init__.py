@@ -27,6 +27,8 @@ _WHERE = {
     "CheckpointCallback": "convscope.callbacks",
     "DivergenceGuard": "convscope.callbacks",
     "GracefulStop": "convscope.callbacks",
+    "GradientStats": "convscope.callbacks",
+    "Interpretation": "convscope.interpretation",
     "History": "convscope.callbacks",
     "MixedPrecision": "convscope.callbacks",
     "ParamScheduler": "convscope.callbacks",
@@ -97,6 +99,7 @@ if TYPE_CHECKING:  # what type checkers and editors see
         CheckpointCallback,
         DivergenceGuard,
         GracefulStop,
+        GradientStats,
         History,
         MixedPrecision,
         ParamScheduler,
@@ -117,6 +120,7 @@ if TYPE_CHECKING:  # what type checkers and editors see
     from convscope.distributed import Distributed
     from convscope.errors import TrainingDivergedError
     from convscope.image_folders import image_folder
+    from convscope.interpretation import Interpretation
     from convscope.layers import BatchNorm2d, Flatten
     from convscope.learner import Learner
     from convscope.metrics import accuracy

@@ -519,18 +519,23 @@ class DataLoaders:
         std = 1 / (255 * scale)
         return -shift * std, std
 
-    def show_batch(self, n: int = 9, save: str | Path | None = None, valid: bool = False):
+    def show_batch(self, n: int = 9, save: str | Path | None = None, valid: bool = False,
+                   tfm=None):
         """Draw `n` images of a batch in a grid with their labels; return the figure.
 
         Args:
             n: how many images (at most one batch).
             save: a PNG path to write, or None.
             valid: take the batch from the valid set rather than the (shuffled) train set.
+            tfm: a function of the normalised batch, e.g. `learn.batch_augment.apply`, to
+                show the images as the model is fed them.
         """
         from convscope import plots
 
         dl = self.valid if valid else self.train
         xb, yb = dl.one_batch()
+        if tfm is not None:
+            xb = tfm(xb)
         images = dl.decode(xb[:n]).cpu()
         labels = [self.classes[int(i)] for i in yb[:n].cpu()]
         return plots.show_images(images, labels, save=save)

@@ -78,6 +78,12 @@ class Thresholds:
     diverge: float = 1.5  # smoothed loss at the end this many times its best
     stuck: float = 0.95  # smoothed loss at the end above this share of the first
     gap: float = 2.0  # valid loss this many times the train loss of the same epoch
+    min_steps: int = 30  # fewer training steps than this: too little to judge
+    min_valid: int = 100  # fewer valid images than this: its accuracy is too coarse
+    chance: float = 1.5  # accuracy below this many times 1/classes: nothing was learned
+    update_gap: float = 100.0  # a layer's update/weight ratio this many times below the median
+    update_max: float = 0.1  # a median update of more than this share of the weights per step
+    grad_growth: float = 100.0  # late gradient norm this many times the early one
 
 
 def _span(batches: list[int], start: int, end: int) -> tuple[int, int]:
@@ -276,21 +282,105 @@ def valid_gap(values: list[dict], th: Thresholds) -> list[Finding]:
         "run it is overfitting: fewer epochs, more data or augmentation.", value=ratio)]
 
 
-def diagnose(learn=None, stats=None, history=None,
+def too_little(history, th: Thresholds) -> list[Finding]:
+    """Runs too short, or valid sets too small, to judge, and accuracy at chance level."""
+    out: list[Finding] = []
+    steps, meta = len(history.losses), getattr(history, "meta", {}) or {}
+    if steps == 0:  # nothing trained: nothing to judge (diagnose says so)
+        return out
+    if steps < th.min_steps:
+        out.append(Finding(
+            "warning", "too_little", f"Only {steps} training step{'s' if steps != 1 else ''} "
+            f"were taken: too few to judge how training went.", f"At least {th.min_steps} "
+            "are needed to tell a healthy run: more data, more epochs or a smaller batch "
+            "size.", value=float(steps)))
+    n_valid = meta.get("n_valid")
+    if n_valid is not None and n_valid < th.min_valid:
+        out.append(Finding(
+            "warning", "small_valid_set", f"The valid set has only {n_valid} images: its "
+            f"accuracy moves in steps of {1 / max(n_valid, 1):.0%}.", f"Validate on at least "
+            f"{th.min_valid} images to judge the accuracy.", value=float(n_valid)))
+    k = meta.get("n_classes")
+    last = history.values[-1] if history.values else {}
+    acc = last.get("accuracy")
+    if k and acc is not None and math.isfinite(acc) and acc < th.chance / k:
+        out.append(Finding(
+            "error", "chance", f"The accuracy, {acc:.1%}, is at chance level for {k} classes "
+            f"({1 / k:.1%}): the model learned nothing that generalises.", "Look at the loss "
+            "and the layers above; train longer, on more data, or with another learning rate "
+            "(lr_find).", value=acc))
+    return out
+
+
+def update_problems(gstats, th: Thresholds) -> list[Finding]:
+    """Layers that barely learn (steps far smaller than the other layers' relative to their
+    weights), steps too large for the weights, and gradients that explode over time."""
+    out: list[Finding] = []
+    if gstats is None or gstats.records.shape[1] == 0:
+        return out
+    n = gstats.records.shape[1]
+    ratios = {}
+    for i, name in enumerate(gstats.layer_names):
+        r = gstats.series("update_ratio", i)
+        r = r[r > 0]
+        if len(r):
+            ratios[name] = float(r.median())
+    # like is compared with like: a batchnorm's steps are smaller than a conv's by nature
+    types = dict(zip(gstats.layer_names, getattr(gstats, "layer_types", []), strict=False))
+    for name, r in ratios.items():
+        kind = types.get(name, "")
+        peers = [v for n, v in ratios.items() if types.get(n, "") == kind]
+        if len(peers) < 3:
+            peers, kind = list(ratios.values()), ""
+        if len(peers) < 2:
+            continue
+        median = float(torch.tensor(peers).median())
+        if r * th.update_gap < median:
+            others = f"other {kind} layers'" if kind else "layers'"
+            out.append(Finding(
+                "warning", "barely_learning", f"Layer {name} barely learns: its steps are "
+                f"{r:.1e} of its weights, {median / max(r, 1e-30):.0f}x smaller than the "
+                f"{others} median ({median:.1e}).", "Its gradients vanish or its weights are "
+                "far larger than the others': check its initialisation, add batchnorm, or give "
+                "it its own learning rate.", layer=name, value=r))
+    for name, r in ratios.items():
+        if r > th.update_max:
+            out.append(Finding(
+                "warning", "large_updates", f"Layer {name}'s steps are {r:.0%} of its weights "
+                f"(median per step): each step rewrites much of what it learned.",
+                "Lower the learning rate.", layer=name, value=r))
+    early, late = max(1, n // 4), n // 2
+    for i, name in enumerate(gstats.layer_names):
+        g = gstats.series("grad_norm", i)
+        a, b = float(g[:early].median()), float(g[late:].median())
+        if a > 0 and b > th.grad_growth * a:
+            out.append(Finding(
+                "warning", "exploding_gradients", f"Layer {name}'s gradient norm grew "
+                f"{b / a:.0f}x over training ({a:.2g} -> {b:.2g}).", "Lower the learning rate, "
+                "add batchnorm, or clip gradients.", layer=name, value=b / a))
+    return out
+
+
+def diagnose(learn=None, stats=None, history=None, gradients=None,
              thresholds: Thresholds | None = None) -> Diagnosis:
     """Every finding about a run, the most severe first; one "healthy" finding if none.
 
     Args:
-        learn: a Learner after fit (its activation_stats and recorder are used), or
+        learn: a Learner after fit (its activation_stats, gradient_stats and recorder are
+            used), or
         stats: an ActivationStats (e.g. loaded from a run folder) and/or
-        history: a Recorder or History with losses, smooth_losses and hps.
+        history: a Recorder or History with losses, smooth_losses and hps, and/or
+        gradients: a GradientStats.
     """
     th = thresholds or Thresholds()
     if learn is not None:
         stats = stats or getattr(learn, "activation_stats", None)
         history = history or getattr(learn, "recorder", None)
+        gradients = gradients or getattr(learn, "gradient_stats", None)
     findings: list[Finding] = []
+    findings += update_problems(gradients, th)
     if history is not None:
+        findings += too_little(history, th)
         lrs = [g[0] for g in history.hps.get("lr", [])]
         findings += loss_problems(list(history.losses), list(history.smooth_losses), lrs, th)
         findings += valid_gap(list(history.values), th)
@@ -298,19 +388,22 @@ def diagnose(learn=None, stats=None, history=None,
         findings += dead_layers(stats, th)
         findings += collapse_or_explode(stats, th)
         findings += unstable_layers(stats, th)
-    if stats is None and history is None:
+    if stats is None and history is None and gradients is None:
         raise UsageError("diagnose needs a Learner after fit, or recorded stats or history.")
     findings.sort(key=lambda f: SEVERITIES.index(f.severity))
     if not findings:
         looked = (["the loss"] if history is not None and history.losses else []) + (
             [f"{len(stats.layer_names)} layers' activations"] if stats is not None
-            and stats.batches else [])
+            and stats.batches else []) + (
+            [f"{len(gradients.layer_names)} layers' steps"] if gradients is not None
+            and gradients.batches else [])
         if not looked:  # e.g. a fit of 0 epochs: no verdict from no evidence
             return Diagnosis([Finding(
                 "info", "nothing_recorded", "Nothing to diagnose: no training batch was "
                 "recorded (0 epochs, or a fit cancelled before its first batch).", "")])
         findings.append(Finding("info", "healthy", "The run looks healthy: no dead, collapsing "
-                                "or exploding layers, no loss spikes, NaN or divergence, and "
-                                "valid loss in line with train loss "
+                                "or exploding layers, no layer that barely learns, no loss "
+                                "spikes, NaN or divergence, accuracy above chance, and valid "
+                                "loss in line with train loss "
                                 f"(checked {' and '.join(looked)}).", ""))
     return Diagnosis(findings)

@@ -192,7 +192,7 @@ def plot_layer_stats(stats, idx: int | str, save: str | Path | None = None) -> F
         ax.set_xlabel("batch")
         ax.grid(alpha=0.3)
     axes[2].set_ylim(-3, 103)  # a dead layer sits at exactly 100%: keep the line visible
-    fig.suptitle(f"layer {stats.layer_names[i]}", fontsize=11)
+    fig.suptitle(f"module {stats.layer_names[i]}", fontsize=11)
     fig.tight_layout()
     return save_figure(fig, save)
 
@@ -209,13 +209,16 @@ def color_dim(stats, idx: int | str, recorder=None, save: str | Path | None = No
     fig = Figure(figsize=(8, 3.6))
     ax = fig.subplots()
     n = len(stats.batches)
-    last = stats.batches[-1] if n else 1
+    first, last = (stats.batches[0], stats.batches[-1]) if n else (0, 1)
+    if last <= first:  # one recorded batch: give it a width (identical limits warn)
+        first, last = first - 0.5, first + 0.5
     im = ax.imshow(np.log1p(hist.T.numpy()), origin="lower", aspect="auto", cmap="viridis",
-                   extent=(stats.batches[0] if n else 0, last, lo, hi))
-    fig.colorbar(im, ax=ax, label="log(1 + count)", pad=0.1)
+                   extent=(first, last, lo, hi))
+    # room on the right for the learning rate's axis and label between plot and colour bar
+    fig.colorbar(im, ax=ax, label="log(1 + count)", pad=0.16 if recorder is not None else 0.04)
     ax.set_xlabel("batch")
     ax.set_ylabel("activation")
-    ax.set_title(f"layer {stats.layer_names[i]}: histogram over training", fontsize=10)
+    ax.set_title(f"module {stats.layer_names[i]}: histogram over training", fontsize=10)
     if recorder is not None and recorder.hps["lr"]:
         lr_ax = ax.twinx()
         lrs = [g[0] for g in recorder.hps["lr"]]
@@ -231,7 +234,7 @@ def dead_chart(stats, save: str | Path | None = None) -> Figure:
     fig = Figure(figsize=(7, 3.6))
     ax = fig.subplots()
     for i, name in enumerate(stats.layer_names):
-        ax.plot(stats.batches, 100 * stats.near_zero(i).numpy(), label=f"layer {name}")
+        ax.plot(stats.batches, 100 * stats.near_zero(i).numpy(), label=f"module {name}")
     ax.set_ylim(-3, 103)
     ax.set_xlabel("batch")
     ax.set_ylabel(f"% near zero (|x| <= {stats.zero_thresh:g})")
@@ -257,5 +260,49 @@ def plot_lr_find(lrs: Sequence[float], losses: Sequence[float], suggestions=None
                                       strict=True):
             ax.axvline(lr, color=colour, linestyle="--", label=f"{name}: {lr:.2g}")
         ax.legend()
+    fig.tight_layout()
+    return save_figure(fig, save)
+
+
+def plot_confusion_matrix(cm: Tensor, classes: Sequence[str],
+                          save: str | Path | None = None) -> Figure:
+    """Counts of (actual, predicted) pairs, each cell labelled, the diagonal being right."""
+    n = len(classes)
+    side = min(2.5 + 0.45 * n, 12)
+    fig = Figure(figsize=(side, side))
+    ax = fig.subplots()
+    ax.imshow(cm.numpy(), cmap="Blues")
+    top = int(cm.max()) if cm.numel() else 0
+    if n <= 30:
+        for a in range(n):
+            for p in range(n):
+                v = int(cm[a, p])
+                ax.text(p, a, str(v), ha="center", va="center", fontsize=8,
+                        color="white" if v > top / 2 else "black")
+    ax.set_xticks(range(n), [str(c) for c in classes], rotation=90 if n > 10 else 0)
+    ax.set_yticks(range(n), [str(c) for c in classes])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    ax.set_title("confusion matrix (valid set)", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, save)
+
+
+def plot_gradient_stats(gstats, save: str | Path | None = None) -> Figure:
+    """Per layer over training: the step's size relative to the weights, and the gradient
+    norm (log scales)."""
+    fig = Figure(figsize=(12, 3.8))
+    axes = fig.subplots(1, 2)
+    for i, name in enumerate(gstats.layer_names):
+        for ax, column in zip(axes, ("update_ratio", "grad_norm"), strict=True):
+            y = gstats.series(column, i).numpy()
+            ax.plot(gstats.batches, y.clip(min=1e-12), linewidth=1, label=name)
+    for ax, title in zip(axes, ("update / weight (norm ratio per step)", "gradient norm"),
+                         strict=True):
+        ax.set_yscale("log")
+        ax.set_xlabel("batch")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, ncol=2, title="module", title_fontsize=7)
     fig.tight_layout()
     return save_figure(fig, save)

@@ -24,6 +24,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -121,7 +122,7 @@ class TrainResult:
 def make_learner(data: ImageData, cfg: TrainConfig, progress: bool = True,
                  stats: bool | None = None) -> Learner:
     """The recipe's Learner: simple_cnn with batchnorm, AdamW, channels_last when asked."""
-    from convscope.callbacks import ActivationStats, ChannelsLast
+    from convscope.callbacks import ActivationStats, ChannelsLast, GradientStats
     from convscope.callbacks.augment import BatchAugment
     from convscope.callbacks.mixed_precision import MixedPrecision
 
@@ -134,7 +135,7 @@ def make_learner(data: ImageData, cfg: TrainConfig, progress: bool = True,
     if cfg.precision != "fp32":
         cbs.append(MixedPrecision(cfg.precision))
     if cfg.stats if stats is None else stats:
-        cbs.append(ActivationStats(seed=cfg.seed))
+        cbs += [ActivationStats(seed=cfg.seed), GradientStats()]
     return Learner(dls, model, lr=cfg.lr, cbs=cbs, progress=progress)
 
 
@@ -361,7 +362,8 @@ def _train(cfg: TrainConfig, log, resume: bool, info, main: bool, run_dir: Path,
         print("convscope: training has finished; writing its outputs and report first (a "
               "few seconds). Ctrl-C again stops at once.", file=sys.stderr, flush=True)
 
-    with finish_before_stopping(note):
+    with finish_before_stopping(note), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a library's warning is not the user's to read
         write_outputs(learn, cfg, run_dir, accuracy, seconds, log)
     return TrainResult(run_dir, accuracy, seconds, values)
 
@@ -373,8 +375,10 @@ def write_outputs(learn: Learner, cfg: TrainConfig, run_dir: Path, accuracy: flo
     # for when these imports stood at the top
     from convscope import plots
     from convscope.diagnosis import diagnose
+    from convscope.interpretation import Interpretation
     from convscope.report import build_report
 
+    learn.recorder.meta["held_out"] = held_out_name(cfg)
     values = learn.recorder.values
     write_metrics_csv(run_dir / "metrics.csv", values)
     mean, std = learn.dls.stats
@@ -387,7 +391,13 @@ def write_outputs(learn: Learner, cfg: TrainConfig, run_dir: Path, accuracy: flo
     stats = getattr(learn, "activation_stats", None)
     if stats is not None:
         stats.save(run_dir / "activation_stats.safetensors")
-    learn.dls.show_batch(save=run_dir / "show_batch.png")
+    gradients = getattr(learn, "gradient_stats", None)
+    if gradients is not None:
+        gradients.save(run_dir / "gradient_stats.safetensors")
+    Interpretation.from_learner(learn).save(run_dir / "interpretation.safetensors")
+    augment = getattr(learn, "batch_augment", None)
+    learn.dls.show_batch(save=run_dir / "show_batch.png",
+                         tfm=augment.apply if augment is not None else None)
     if values:
         plots.plot_loss(learn.recorder, save=run_dir / "loss.png")
         plots.plot_sched(learn.recorder, save=run_dir / "sched.png")

@@ -53,6 +53,9 @@ class Run:
     history: History
     stats: ActivationStats | None
     model_meta: dict
+    gradients: object | None = None  # GradientStats
+    interpretation: object | None = None  # Interpretation
+    summary: object | None = None  # the model summary, when it can be rebuilt
 
 
 def load_run(run_dir: str | Path) -> Run:
@@ -87,7 +90,16 @@ def load_run(run_dir: str | Path) -> Run:
                 model_meta = f.metadata() or {}
         except Exception as e:  # safetensors' own error type for a damaged header
             raise UsageError(f"{path / 'model.safetensors'}: cannot be read: {e}") from None
-    return Run(path, config, values, history, stats, model_meta)
+    gradients = interpretation = None
+    if (path / "gradient_stats.safetensors").is_file():
+        from convscope.callbacks.gradient_stats import GradientStats
+
+        gradients = GradientStats.load(path / "gradient_stats.safetensors")
+    if (path / "interpretation.safetensors").is_file():
+        from convscope.interpretation import Interpretation
+
+        interpretation = Interpretation.load(path / "interpretation.safetensors")
+    return Run(path, config, values, history, stats, model_meta, gradients, interpretation)
 
 
 def _png(fig) -> str:
@@ -100,7 +112,8 @@ def _img(src: str, alt: str) -> str:
     return f'<img src="{src}" alt="{html.escape(alt)}">'
 
 
-def _summary_text(run: Run) -> str | None:
+def _summary(run: Run):
+    """The model summary, rebuilt from the weights' metadata (simple_cnn only)."""
     meta = run.model_meta
     if meta.get("model") != "simple_cnn" or "input_shape" not in meta:
         return None
@@ -109,49 +122,131 @@ def _summary_text(run: Run) -> str | None:
 
     shape = tuple(json.loads(meta["input_shape"]))
     model = simple_cnn(in_channels=int(meta["in_channels"]), n_classes=int(meta["n_classes"]))
-    return str(summary(model, shape))
+    return summary(model, shape)
+
+
+def _settings(run: Run) -> list[dict]:
+    """The config in words, then what the run was: model, optimizer, schedule, images."""
+    rows = [dict(zip(("setting", "value"), describe(k, v), strict=True))
+            for k, v in run.config.items()]
+    meta, hist = run.model_meta, run.history.meta
+    if meta.get("model"):
+        rows.append({"setting": "model", "value": f"{meta['model']}: conv blocks of conv -> "
+                     f"batchnorm -> ReLU, widths 8-16-32-64-{meta.get('n_classes', '?')}, "
+                     f"stride 2, a 5x5 first kernel; input {meta.get('input_shape', '?')}"})
+    rows.append({"setting": "optimizer", "value": "AdamW (betas 0.9/0.99, eps 1e-5, weight "
+                 "decay 0.01)"})
+    lr = run.config.get("lr")
+    if lr is not None:
+        rows.append({"setting": "schedule", "value": f"1cycle: lr {lr / 25:.3g} up to {lr:g} "
+                     f"over the first 25% of the steps (cosine), then down to {lr / 1e5:.2g}; "
+                     f"momentum 0.95 -> 0.85 -> 0.95"})
+    if hist.get("n_train") is not None:
+        held = hist.get("held_out", "valid")
+        rows.append({"setting": "images", "value": f"{hist['n_train']:,} train, "
+                     f"{hist['n_valid']:,} {held}"})
+    if meta.get("classes"):
+        classes = json.loads(meta["classes"])
+        rows.append({"setting": "classes", "value": f"{len(classes)}: "
+                     + ", ".join(classes[:20]) + (", ..." if len(classes) > 20 else "")})
+    return rows
+
+
+def _epochs(values: list[dict]) -> list[dict]:
+    """The epoch table as read: accuracy in percent, time labelled in seconds."""
+    rows = []
+    for v in values:
+        row = {k: v[k] for k in v if k not in ("accuracy", "time")}
+        if "accuracy" in v:
+            row["accuracy"] = f"{v['accuracy']:.2%}"
+        if "time" in v:
+            row["time (s)"] = f"{v['time']:.1f}"
+        rows.append(row)
+    return rows
+
+
+def _blocks(run: Run) -> dict[str, str]:
+    """Each recorded block's name -> the summary's layers it holds ("0" -> "0.0-0.2")."""
+    rows = (run.summary.rows if getattr(run, "summary", None) is not None else [])
+    out: dict[str, list[str]] = {}
+    for r in rows:
+        out.setdefault(r["layer"].split(".")[0], []).append(r["layer"])
+    return {k: (v[0] if len(v) == 1 else f"{v[0]}-{v[-1]}") for k, v in out.items()}
 
 
 def render(run: Run) -> str:
     """The report page for a loaded run, as HTML text."""
     from convscope import plots
 
-    findings = diagnose(stats=run.stats, history=run.history)
+    findings = diagnose(stats=run.stats, history=run.history, gradients=run.gradients)
     title = f"convscope run: {run.path.name}"
     last = run.values[-1] if run.values else {}
     n = len(run.values)
-    headline = (f"accuracy {last['accuracy']:.2%} after {n} epoch{'s' if n != 1 else ''}"
+    held = run.history.meta.get("held_out", "valid")
+    headline = (f"{held} accuracy {last['accuracy']:.2%} after {n} epoch{'s' if n != 1 else ''}"
                 if "accuracy" in last else "no epoch finished")
+    run.summary = _summary(run)
     out = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
            f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
            f"<h1>{html.escape(title)}</h1><p>{html.escape(headline)}</p>",
            "<h2>Diagnosis</h2>", findings_html(findings),
-           "<h2>Settings</h2>",
-           table_html([dict(zip(("setting", "value"), describe(k, v), strict=True))
-                   for k, v in run.config.items()], left=("setting", "value")),
-           "<h2>Epochs</h2>", table_html(run.values)]
+           "<h2>Settings</h2>", table_html(_settings(run), left=("setting", "value")),
+           "<h2>Epochs</h2>", table_html(_epochs(run.values))]
     h = run.history
     if h.losses:
         out += ["<h2>Loss and schedule</h2>",
                 _img(_png(plots.plot_loss(h)), "loss"),
                 _img(_png(plots.plot_sched(h)), "schedule")]
-    summary_text = _summary_text(run)
-    if summary_text:
-        out += ["<h2>Model summary</h2>", f"<pre>{html.escape(summary_text)}</pre>"]
+    lr_find = run.path / "lr_find.png"
+    if lr_find.is_file():
+        src = "data:image/png;base64," + base64.b64encode(lr_find.read_bytes()).decode()
+        out += ["<h2>Learning rate finder</h2>", _img(src, "lr_find")]
+    it = run.interpretation
+    if it is not None and len(it):
+        worst = [{"actual": a, "predicted": p, "images": c}
+                 for a, p, c in it.most_confused()[:10]]
+        per_class = [{"class": r["class"], "images": r["images"],
+                      "accuracy": f"{r['accuracy']:.2%}"} for r in it.per_class_accuracy()]
+        out += [f"<h2>What the model gets wrong ({held} set)</h2>",
+                _img(_png(it.plot_confusion_matrix()), "confusion matrix"),
+                "<h3>Most confused</h3>", table_html(worst, left=("actual", "predicted")),
+                "<h3>Accuracy per class</h3>", table_html(per_class, left=("class",))]
+        if it.images is not None:
+            out += ["<h3>Largest losses</h3><p>Each image titled predicted/actual, the "
+                    "probability of the prediction, and the loss.</p>",
+                    _img(_png(it.plot_top_losses(9)), "top losses")]
+    if run.summary is not None:
+        out += ["<h2>Model summary</h2>", f"<pre>{html.escape(str(run.summary))}</pre>"]
     batch_png = run.path / "show_batch.png"
     if batch_png.is_file():
         src = "data:image/png;base64," + base64.b64encode(batch_png.read_bytes()).decode()
-        out += ["<h2>A training batch</h2>", _img(src, "show_batch")]
+        what = ("as the model is fed it: augmented (random crops and flips)"
+                if run.config.get("augment") else "as the model is fed it")
+        out += [f"<h2>A training batch</h2><p>{what}</p>", _img(src, "show_batch")]
+    g = run.gradients
+    if g is not None and g.batches:
+        out += ["<h2>Gradients and steps</h2>",
+                f"<p>Per layer (numbered as in the model summary) and training step: how far "
+                f"the step moved the weights relative to their size, and the gradient norm; "
+                f"recorded on {len(g.batches)} steps. Around 1e-3 is usual; a layer 100x below "
+                f"the others barely learns, one above 1e-1 is pushed too hard.</p>",
+                _img(_png(plots.plot_gradient_stats(g)), "gradient statistics")]
     s = run.stats
     if s is not None and s.batches:
+        blocks = _blocks(run)
         out += ["<h2>Activations</h2>",
-                f"<p>Recorded on {len(s.batches)} training batches (one in {s.every}); "
-                f"near zero means |x| &le; {s.zero_thresh:g}.</p>",
+                f"<p>The output of each conv block (after its ReLU), recorded on "
+                f"{len(s.batches)} training batches (one in {s.every}); near zero means "
+                f"|x| &le; {s.zero_thresh:g}. Block <i>k</i> holds the summary's layers "
+                f"<i>k</i>.0, <i>k</i>.1, ... Between 40% and 60% near zero is normal after a "
+                f"ReLU, which zeroes the negative half; a block near 100% is dead.</p>",
                 _img(_png(plots.dead_chart(s)), "dead chart")]
         for i, name in enumerate(s.layer_names):
-            out += [f"<h3>Layer {html.escape(name)}</h3><div class='layer'>",
-                    _img(_png(plots.plot_layer_stats(s, i)), f"layer {name} stats"),
-                    _img(_png(plots.color_dim(s, i, recorder=h)), f"layer {name} color_dim"),
+            layers = f" (layers {blocks[name]})" if name in blocks else ""
+            out += [f"<h3>Block {html.escape(name)}{html.escape(layers)}</h3>"
+                    f"<div class='layer'>",
+                    _img(_png(plots.plot_layer_stats(s, i)), f"block {name} stats"),
+                    _img(_png(plots.color_dim(s, i, recorder=h)), f"block {name} color_dim"),
                     "</div>"]
     out.append("</body></html>")
     return "\n".join(out)

@@ -18,8 +18,11 @@ CONFIG = "config.json"
 CHECKPOINT = "checkpoint.safetensors"
 # what a finished run adds, in the order it writes them (report.html last)
 OUTPUTS = ("metrics.csv", "model.safetensors", "history.json", "activation_stats.safetensors",
-           "show_batch.png", "loss.png", "sched.png", "report.html")
-RUN_FILES = (CONFIG, CHECKPOINT, *OUTPUTS)
+           "gradient_stats.safetensors", "interpretation.safetensors", "show_batch.png",
+           "loss.png", "sched.png", "report.html")
+STATS = ("activation_stats.safetensors", "gradient_stats.safetensors")  # unless --no-stats
+LR_FIND = "lr_find.png"  # `convscope lr-find --out RUN_DIR/lr_find.png`: shown in the report
+RUN_FILES = (CONFIG, CHECKPOINT, *OUTPUTS, LR_FIND)
 
 
 def run_files(folder: str | Path) -> list[str]:
@@ -31,7 +34,7 @@ def run_files(folder: str | Path) -> list[str]:
 def outputs_complete(folder: str | Path, stats: bool) -> bool:
     """Whether a finished run's outputs are all there (activation statistics if recorded)."""
     folder = Path(folder)
-    needed = [n for n in OUTPUTS if stats or n != "activation_stats.safetensors"]
+    needed = [n for n in OUTPUTS if stats or n not in STATS]
     return all((folder / n).is_file() for n in needed if n not in ("loss.png", "sched.png"))
 
 

@@ -87,11 +87,13 @@ def test_loss_rise_when_lr_max_is_far_too_high():
     high; a rise that small in absolute terms is noise, not a rise."""
     hist = History(losses=[1.0] * 8, smooth_losses=[2.0, 1.8, 1.7, 2.1, 2.2, 1.5, 1.2, 1.0],
                    hps={"lr": [[x] for x in (0.1, 0.5, 1, 1, 1, 0.5, 0.2, 0.1)]})
-    findings = diagnose(history=hist)
+    short = Thresholds(min_steps=1)  # 8 steps: judged here for the pattern alone
+    findings = diagnose(history=hist, thresholds=short)
     assert [f.kind for f in findings] == ["loss_rise"]
     assert "lower lr_max" in findings[0].suggestion and findings[0].value > 1.1
     hist.smooth_losses = [0.05, 0.04, 0.03, 0.04, 0.035, 0.03, 0.02, 0.01]
-    assert [f.kind for f in diagnose(history=hist)] == ["healthy"]
+    assert [f.kind for f in diagnose(history=hist, thresholds=short)] == ["healthy"]
+    assert [f.kind for f in diagnose(history=hist)] == ["too_little"]  # 8 steps: not healthy
 
 
 def test_valid_gap_with_stale_batchnorm_statistics():

@@ -34,9 +34,18 @@ def test_report_content(run_dir):
     page = (run_dir / "report.html").read_text()
     assert page.index("<h2>Diagnosis</h2>") < page.index("<h2>Settings</h2>")
     for section in ("Epochs", "Loss and schedule", "Model summary", "A training batch",
-                    "Activations"):
+                    "Activations", "Gradients and steps", "What the model gets wrong (test set)"):
         assert f"<h2>{section}</h2>" in page
-    assert page.count('alt="layer ') == 2 * 5  # plot_layer_stats and color_dim per layer
+    assert page.count('alt="block ') == 2 * 5  # plot_layer_stats and color_dim per block
+    assert "<h3>Block 1 (layers 1.0-1.2)</h3>" in page  # the summary's numbering
+    assert "40% and 60% near zero is normal after a ReLU" in page
+    for alt in ("confusion matrix", "top losses", "gradient statistics"):
+        assert f'alt="{alt}"' in page
+    assert "<h3>Most confused</h3>" in page and "<h3>Accuracy per class</h3>" in page
+    # the headline and the table agree: percentages, the held-out set named, time in seconds
+    assert "<p>test accuracy " in page and "<th style=\"text-align:right\">time (s)</th>" in page
+    for setting in (">model<", ">optimizer<", ">schedule<", ">images<", ">classes<"):
+        assert setting in page
     assert "<script" not in page and "src=\"http" not in page  # self-contained
     assert "total params: 30,412" in page
     # settings read as words: unset options say what they mean, not JSON's null
@@ -46,7 +55,10 @@ def test_report_content(run_dir):
 
 def test_report_command_rebuilds_it(run_dir, capsys):
     (run_dir / "report.html").unlink()
+    assert main(["lr-find", "--data", str(run_dir.parent / "data"), "--bs", "16", "--num-it",
+                 "12", "--out", str(run_dir / "lr_find.png")]) == 0
     assert main(["report", str(run_dir)]) == 0
+    assert "<h2>Learning rate finder</h2>" in (run_dir / "report.html").read_text()
     assert (run_dir / "report.html").is_file()
     assert f"wrote {run_dir / 'report.html'}" in capsys.readouterr().out
 
@@ -66,7 +78,7 @@ def test_report_renders_in_a_real_browser(run_dir):
     shot = run_dir / "report-screenshot.png"
     result = check_page(run_dir / "report.html", shot)
     assert result.console_errors == [] and result.exceptions == []
-    assert len(result.images) >= 2 * 5 + 4
+    assert len(result.images) >= 2 * 5 + 7
     assert result.broken_images == []
     assert shot.read_bytes()[:4] == b"\x89PNG" and shot.stat().st_size > 20_000
     print(f"screenshot: {shot}")

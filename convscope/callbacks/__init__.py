@@ -4,6 +4,7 @@ from convscope.callbacks.activation_stats import ActivationStats
 from convscope.callbacks.augment import BatchAugment
 from convscope.callbacks.channels_last import ChannelsLast
 from convscope.callbacks.checkpoint import CheckpointCallback
+from convscope.callbacks.gradient_stats import GradientStats
 from convscope.callbacks.guard import DivergenceGuard, TrainingDivergedError
 from convscope.callbacks.interrupt import GracefulStop
 from convscope.callbacks.mixed_precision import MixedPrecision
@@ -13,6 +14,7 @@ from convscope.callbacks.schedule import ParamScheduler, one_cycle, one_cycle_sc
 
 __all__ = [
     "ActivationStats", "BatchAugment", "ChannelsLast", "CheckpointCallback", "DivergenceGuard",
-    "GracefulStop", "History", "MixedPrecision", "ParamScheduler", "ProgressCallback", "Recorder",
+    "GracefulStop", "GradientStats", "History", "MixedPrecision", "ParamScheduler",
+    "ProgressCallback", "Recorder",
     "TrainingDivergedError", "one_cycle", "one_cycle_scheduler",
 ]

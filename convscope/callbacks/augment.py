@@ -51,5 +51,9 @@ class BatchAugment(Callback):
     def before_batch(self) -> None:
         if not self.learn.training:
             return
-        x = random_crop(self.learn.xb, self.pad)
-        self.learn.xb = random_flip(x) if self.flip else x
+        self.learn.xb = self.apply(self.learn.xb)
+
+    def apply(self, xb):
+        """The augmentation of a normalised batch (N, C, H, W): what the model is fed."""
+        x = random_crop(xb, self.pad)
+        return random_flip(x) if self.flip else x

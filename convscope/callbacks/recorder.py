@@ -30,6 +30,7 @@ class History:
     smooth_losses: list[float] = field(default_factory=list)
     hps: dict[str, list[list[float]]] = field(default_factory=dict)
     values: list[dict[str, float]] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)  # n_train, n_valid, n_classes: what was judged
 
     def save(self, path: str | Path) -> None:
         from convscope.files import atomic_write_bytes
@@ -41,7 +42,8 @@ class History:
     def load(cls, path: str | Path) -> History:
         try:
             raw = json.loads(Path(path).read_text())
-            return cls(**{k: raw[k] for k in ("losses", "smooth_losses", "hps", "values")})
+            return cls(**{k: raw[k] for k in ("losses", "smooth_losses", "hps", "values")},
+                       meta=raw.get("meta", {}))
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise UsageError(f"{path}: cannot be read as a training history: {e}") from None
 
@@ -85,6 +87,9 @@ class Recorder(Callback):
         return [metric_name(m) for m in self.learn.metrics]
 
     def before_fit(self) -> None:
+        dls = self.learn.dls
+        self.meta = {"n_train": len(dls.train.y), "n_valid": len(dls.valid.y),
+                     "n_classes": dls.c}
         self.losses, self.smooth_losses, self.values = [], [], EpochTable()
         self.hps = {"lr": [], "mom": []}
         self._avg: Tensor | None = None
@@ -153,7 +158,7 @@ class Recorder(Callback):
         """A copy of what was recorded, detached from the learner."""
         return History(list(self.losses), list(self.smooth_losses),
                        {k: [list(g) for g in v] for k, v in self.hps.items()},
-                       [dict(v) for v in self.values])
+                       [dict(v) for v in self.values], dict(getattr(self, "meta", {})))
 
     def state_dict(self) -> dict:
         """Everything recorded so far, the current epoch's batches included, as plain lists
@@ -169,6 +174,7 @@ class Recorder(Callback):
         h = state["history"]
         self.losses, self.smooth_losses = list(h["losses"]), list(h["smooth_losses"])
         self.hps, self.values = h["hps"], EpochTable(h["values"])
+        self.meta = dict(h.get("meta", {}))
         dev = self.learn.dls.device
         self._avg = None if state["avg"] is None else torch.tensor(state["avg"], device=dev)
         self._count = state["count"]
