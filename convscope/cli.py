@@ -148,6 +148,29 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("run_dir", metavar="RUN_DIR")
     r.set_defaults(func=_report)
 
+    c = sub.add_parser("compare", help="runs side by side on one page",
+                       description="Write one self-contained HTML page comparing run folders: "
+                       "the settings that differ, final metrics, overlaid curves, each layer's "
+                       "color_dim side by side on one colour scale, each run's diagnosis.")
+    c.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    c.add_argument("--out", metavar="FILE", default="runs/compare.html",
+                   help="the page to write (default: runs/compare.html)")
+    c.set_defaults(func=_compare)
+
+    h = sub.add_parser("chapter", help="replay chapter 13's five trainings, book beside us",
+                       description="Train simple_cnn the five ways chapter 13 does, each as a "
+                       "run folder under --out, and write chapter.html: the book's accuracy "
+                       "beside convscope's, the color_dim the book shows, the diagnosis.")
+    h.add_argument("--out", metavar="DIR", default="runs/chapter",
+                   help="folder for the step run folders and chapter.html "
+                   "(default: runs/chapter)")
+    h.add_argument("--subset", type=positive_int, metavar="N",
+                   help="train on N random training images (a quick version)")
+    h.add_argument("--device", default="cpu", metavar="D", help="cpu, cuda or cuda:N")
+    h.add_argument("--overwrite", action="store_true",
+                   help="replace step run folders an earlier replay left there")
+    h.set_defaults(func=_chapter)
+
     s = sub.add_parser("summary", help="per-layer shapes, parameters, MACs, receptive field")
     s.add_argument("--model", default="simple_cnn", help=f"one of {', '.join(MODELS)} "
                    "(default: simple_cnn)")
@@ -263,6 +286,22 @@ def _report(args: argparse.Namespace) -> int:
     from convscope.report import build_report
 
     print(f"wrote {build_report(args.run_dir)}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from convscope.compare import write_compare
+
+    print(f"wrote {write_compare(args.run_dirs, args.out)}")
+    return 0
+
+
+def _chapter(args: argparse.Namespace) -> int:
+    from convscope.chapter import run_chapter
+
+    page = run_chapter(args.out, subset=args.subset, device=args.device,
+                       overwrite=args.overwrite)
+    print(f"wrote {page}")
     return 0
 
 

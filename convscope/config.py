@@ -110,6 +110,12 @@ class TrainConfig:
         expected="a number between 0 and 1", metavar="P", label="held-out share",
         unset="the dataset's own split (20% held out if it has none)",
         help="hold out P of the training set as the valid set instead of the test set")
+    schedule: str = option(
+        "one_cycle", flag="--schedule", kind=str, choices=("one_cycle", "constant"),
+        label="schedule", help="one_cycle (fit_one_cycle) or constant (fit: the lr throughout)")
+    bn: bool = option(
+        True, flag="--no-bn", label="batchnorm",
+        help="simple_cnn without batchnorm (the chapter's first runs)")
     channels_last: bool = option(
         True, flag="--no-channels-last", label="channels_last memory order",
         help="keep NCHW memory order (channels_last is faster on CPU)")

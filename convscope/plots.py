@@ -306,3 +306,89 @@ def plot_gradient_stats(gstats, save: str | Path | None = None) -> Figure:
     axes[1].legend(fontsize=7, ncol=2, title="module", title_fontsize=7)
     fig.tight_layout()
     return save_figure(fig, save)
+
+
+def compare_curves(histories: Sequence, names: Sequence[str],
+                   save: str | Path | None = None) -> Figure:
+    """Several runs' curves overlaid, one colour per run: smoothed train loss per batch with
+    the valid loss at each epoch's end, accuracy per epoch, learning rate and momentum."""
+    fig = Figure(figsize=(12, 7))
+    (loss_ax, acc_ax), (lr_ax, mom_ax) = fig.subplots(2, 2)
+    for k, (h, name) in enumerate(zip(histories, names, strict=True)):
+        colour = f"C{k % 10}"
+        loss_ax.plot(h.smooth_losses, color=colour, label=name)
+        if h.values and h.losses:
+            per_epoch = len(h.losses) / len(h.values)
+            ends = [round(per_epoch * (i + 1)) for i in range(len(h.values))]
+            loss_ax.plot(ends, [v["valid_loss"] for v in h.values], "o--", color=colour,
+                         markersize=4)
+            acc_ax.plot(range(len(h.values)), [100 * v.get("accuracy", math.nan)
+                                               for v in h.values], "o-", color=colour,
+                        label=name)
+        for ax, hp in ((lr_ax, "lr"), (mom_ax, "mom")):
+            ax.plot([g[0] for g in h.hps.get(hp, [])], color=colour, label=name)
+    loss_ax.set_yscale("log")
+    for ax, title, x in ((loss_ax, "loss: train smoothed (line), valid (dots)", "batch"),
+                         (acc_ax, "accuracy (%)", "epoch"), (lr_ax, "learning rate", "batch"),
+                         (mom_ax, "momentum / beta1", "batch")):
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel(x)
+        ax.grid(alpha=0.3)
+    loss_ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, save)
+
+
+def compare_color_dim(stats: Sequence, names: Sequence[str], layer: str,
+                      save: str | Path | None = None) -> Figure:
+    """One layer's color_dim for each run that recorded it, side by side on one colour scale
+    and one histogram range, so darker means fewer activations in every panel."""
+    import numpy as np
+    from matplotlib.colors import Normalize
+
+    panels = [(s, n) for s, n in zip(stats, names, strict=True)
+              if s is not None and layer in s.layer_names and s.batches]
+    fig = Figure(figsize=(4 * max(len(panels), 1) + 1, 3.4))
+    if not panels:
+        return save_figure(fig, save)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    top = max(float(np.log1p(s.hist(layer).numpy()).max()) for s, _ in panels) or 1.0
+    norm = Normalize(vmin=0, vmax=top)
+    lo = min(s.ranges[s._layer(layer)][0] for s, _ in panels)
+    hi = max(s.ranges[s._layer(layer)][1] for s, _ in panels)
+    im = None
+    for ax, (s, name) in zip(axes, panels, strict=True):
+        i = s._layer(layer)
+        first, last = s.batches[0], s.batches[-1]
+        if last <= first:
+            first, last = first - 0.5, first + 0.5
+        r_lo, r_hi = s.ranges[i]
+        im = ax.imshow(np.log1p(s.hist(i).T.numpy()), origin="lower", aspect="auto",
+                       cmap="viridis", norm=norm, extent=(first, last, r_lo, r_hi))
+        ax.set_ylim(lo, hi)
+        ax.set_title(f"{name}: module {layer}", fontsize=9)
+        ax.set_xlabel("batch")
+    axes[0].set_ylabel("activation")
+    fig.colorbar(im, ax=list(axes), label="log(1 + count)")
+    return save_figure(fig, save)
+
+
+def compare_dead(stats: Sequence, names: Sequence[str],
+                 save: str | Path | None = None) -> Figure:
+    """Each run's % near zero per layer over training, one panel per run, one y scale."""
+    panels = [(s, n) for s, n in zip(stats, names, strict=True) if s is not None and s.batches]
+    fig = Figure(figsize=(4 * max(len(panels), 1) + 1, 3.4))
+    if not panels:
+        return save_figure(fig, save)
+    axes = fig.subplots(1, len(panels), squeeze=False, sharey=True)[0]
+    for ax, (s, name) in zip(axes, panels, strict=True):
+        for i, layer in enumerate(s.layer_names):
+            ax.plot(s.batches, 100 * s.near_zero(i).numpy(), label=f"module {layer}")
+        ax.set_ylim(-3, 103)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("batch")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("% near zero")
+    axes[-1].legend(fontsize=7)
+    fig.tight_layout()
+    return save_figure(fig, save)

@@ -128,7 +128,7 @@ def make_learner(data: ImageData, cfg: TrainConfig, progress: bool = True,
 
     dls = DataLoaders.from_data(data, bs=cfg.bs, seed=cfg.seed, device=resolve_device(cfg.device))
     torch.manual_seed(cfg.seed)
-    model = simple_cnn(in_channels=dls.in_channels, n_classes=dls.c)
+    model = simple_cnn(in_channels=dls.in_channels, n_classes=dls.c, bn=cfg.bn)
     cbs = [ChannelsLast()] if cfg.channels_last else []
     if cfg.augment:
         cbs.append(BatchAugment(pad=max(1, dls.train.x.shape[-1] // 14)))
@@ -338,7 +338,8 @@ def _train(cfg: TrainConfig, log, resume: bool, info, main: bool, run_dir: Path,
                            json.dumps(asdict(cfg.resolved()), indent=2).encode())
     start = time.perf_counter()
     try:
-        learn.fit_one_cycle(cfg.epochs, cfg.lr, resume=checkpoint if pos is not None else None)
+        fit = learn.fit_one_cycle if cfg.schedule == "one_cycle" else learn.fit
+        fit(cfg.epochs, cfg.lr, resume=checkpoint if pos is not None else None)
     except TrainingDivergedError as e:  # what to run next, for the command line
         raise TrainingDivergedError(
             f"{e} To train again in {run_dir}, add --overwrite (or choose another --out).",
@@ -383,7 +384,8 @@ def write_outputs(learn: Learner, cfg: TrainConfig, run_dir: Path, accuracy: flo
     write_metrics_csv(run_dir / "metrics.csv", values)
     mean, std = learn.dls.stats
     save_weights(learn.model, run_dir / "model.safetensors",
-                 {"model": "simple_cnn", "in_channels": str(learn.dls.in_channels),
+                 {"model": "simple_cnn", "bn": json.dumps(cfg.bn),
+                  "in_channels": str(learn.dls.in_channels),
                   "n_classes": str(learn.dls.c), "classes": json.dumps(learn.dls.classes),
                   "input_shape": json.dumps(list(learn.dls.train.x.shape[1:])),
                   "mean": json.dumps(mean.tolist()), "std": json.dumps(std.tolist())})

@@ -121,7 +121,8 @@ def _summary(run: Run):
     from convscope.models import simple_cnn
 
     shape = tuple(json.loads(meta["input_shape"]))
-    model = simple_cnn(in_channels=int(meta["in_channels"]), n_classes=int(meta["n_classes"]))
+    model = simple_cnn(in_channels=int(meta["in_channels"]), n_classes=int(meta["n_classes"]),
+                       bn=json.loads(meta.get("bn", "true")))
     return summary(model, shape)
 
 
@@ -131,13 +132,17 @@ def _settings(run: Run) -> list[dict]:
             for k, v in run.config.items()]
     meta, hist = run.model_meta, run.history.meta
     if meta.get("model"):
-        rows.append({"setting": "model", "value": f"{meta['model']}: conv blocks of conv -> "
-                     f"batchnorm -> ReLU, widths 8-16-32-64-{meta.get('n_classes', '?')}, "
+        block = ("conv -> batchnorm -> ReLU" if json.loads(meta.get("bn", "true"))
+                 else "conv -> ReLU (no batchnorm)")
+        rows.append({"setting": "model", "value": f"{meta['model']}: conv blocks of {block}, "
+                     f"widths 8-16-32-64-{meta.get('n_classes', '?')}, "
                      f"stride 2, a 5x5 first kernel; input {meta.get('input_shape', '?')}"})
     rows.append({"setting": "optimizer", "value": "AdamW (betas 0.9/0.99, eps 1e-5, weight "
                  "decay 0.01)"})
     lr = run.config.get("lr")
-    if lr is not None:
+    if lr is not None and run.config.get("schedule") == "constant":
+        rows.append({"setting": "schedule", "value": f"constant lr {lr:g} (fit)"})
+    elif lr is not None:
         rows.append({"setting": "schedule", "value": f"1cycle: lr {lr / 25:.3g} up to {lr:g} "
                      f"over the first 25% of the steps (cosine), then down to {lr / 1e5:.2g}; "
                      f"momentum 0.95 -> 0.85 -> 0.95"})

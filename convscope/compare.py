@@ -1,0 +1,127 @@
+"""Runs side by side: the settings that differ, the final metrics, overlaid curves, each
+layer's color_dim on one colour scale, and each run's diagnosis, on one self-contained page.
+
+Chapter 13 teaches by comparison (the same CNN trained five ways, a bad color_dim beside a
+good one); this draws any runs' saved files that way, without retraining. Runs of different
+models or data are allowed: layers are paired by name, and those only some runs have are
+listed.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from pathlib import Path
+
+from convscope.config import describe
+from convscope.display import findings_html, table_html
+from convscope.errors import UsageError
+from convscope.files import atomic_write_bytes
+from convscope.report import CSS, Run, _img, _png, load_run
+
+
+def load_runs(run_dirs) -> list[Run]:
+    """The run folders, loaded; at least two, each a run folder convscope can read."""
+    run_dirs = [Path(d) for d in run_dirs]
+    if len(run_dirs) < 2:
+        raise UsageError(f"compare needs at least two run folders, received {len(run_dirs)}")
+    runs = []
+    for d in run_dirs:
+        try:
+            runs.append(load_run(d))
+        except UsageError as e:
+            raise UsageError(f"{d} cannot be compared: {e}") from None
+    return runs
+
+
+def names_of(runs: list[Run]) -> list[str]:
+    """Each run's folder name, made unique with its parent where two share one."""
+    names = [r.path.name for r in runs]
+    return [f"{r.path.parent.name}/{n}" if names.count(n) > 1 else n
+            for r, n in zip(runs, names, strict=True)]
+
+
+def differing_settings(runs: list[Run], names: list[str]) -> list[dict]:
+    """One row per setting whose value is not the same in every run (the run folder aside)."""
+    keys = [k for k in dict.fromkeys(k for r in runs for k in r.config) if k != "out"]
+    rows = []
+    for k in keys:
+        values = [r.config.get(k, "(not set)") for r in runs]
+        if any(v != values[0] for v in values):
+            label = describe(k, values[0])[0]
+            rows.append({"setting": label, **{n: describe(k, v)[1] if v != "(not set)" else v
+                                               for n, v in zip(names, values, strict=True)}})
+    return rows
+
+
+def final_metrics(runs: list[Run], names: list[str]) -> list[dict]:
+    """The last epoch of each run, the best value of each column marked with a star."""
+    cols = {"train_loss": min, "valid_loss": min, "accuracy": max}
+    rows = []
+    for r, n in zip(runs, names, strict=True):
+        last = r.values[-1] if r.values else {}
+        rows.append({"run": n, "epochs": len(r.values),
+                     **{c: last.get(c, math.nan) for c in cols}})
+    for c, best in cols.items():
+        finite = [row[c] for row in rows if math.isfinite(row[c])]
+        top = best(finite) if finite else None
+        for row in rows:
+            v = row[c]
+            text = (f"{v:.2%}" if c == "accuracy" else f"{v:.4g}") if math.isfinite(v) else "-"
+            row[c] = f"{text} *" if top is not None and v == top and len(rows) > 1 else text
+    return rows
+
+
+def compare(run_dirs) -> str:
+    """The comparison page of `run_dirs` (two or more run folders), as HTML text."""
+    from convscope import plots
+    from convscope.diagnosis import diagnose
+
+    runs = load_runs(run_dirs)
+    names = names_of(runs)
+    title = "convscope: " + " vs ".join(names)
+    out = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+           f"<title>{html.escape(title)}</title><style>{CSS}"
+           f".side {{ display: grid; grid-template-columns: repeat({len(runs)}, 1fr); "
+           f"gap: 1em; }}</style></head><body>", f"<h1>{html.escape(title)}</h1>"]
+    diff = differing_settings(runs, names)
+    out += ["<h2>Settings that differ</h2>",
+            table_html(diff, left=("setting", *names)) if diff
+            else "<p>None: the runs were trained with the same settings.</p>",
+            "<h2>Final metrics</h2><p>The last epoch of each run; * marks the best.</p>",
+            table_html(final_metrics(runs, names), left=("run",))]
+    histories = [r.history for r in runs]
+    if any(h.losses for h in histories):
+        out += ["<h2>Curves</h2>", _img(_png(plots.compare_curves(histories, names)),
+                                        "overlaid curves")]
+    stats = [r.stats for r in runs]
+    layers = list(dict.fromkeys(n for s in stats if s is not None for n in s.layer_names))
+    if layers:
+        out += ["<h2>Activations</h2><p>Each layer's color_dim for every run that recorded it, "
+                "on one colour scale and one histogram range: darker means fewer activations "
+                "in every panel.</p>", _img(_png(plots.compare_dead(stats, names)),
+                                            "near-zero share per run")]
+        for layer in layers:
+            have = [n for s, n in zip(stats, names, strict=True)
+                    if s is not None and layer in s.layer_names]
+            missing = [n for n in names if n not in have]
+            note = (f" <small>(only in {', '.join(have)}; not in {', '.join(missing)})</small>"
+                    if missing else "")
+            out += [f"<h3>Module {html.escape(layer)}{note}</h3>",
+                    _img(_png(plots.compare_color_dim(stats, names, layer)),
+                         f"module {layer} color_dim side by side")]
+    out += ["<h2>Diagnosis</h2><div class='side'>"]
+    for r, n in zip(runs, names, strict=True):
+        found = diagnose(stats=r.stats, history=r.history, gradients=r.gradients)
+        out += [f"<div><h3>{html.escape(n)}</h3>{findings_html(found)}</div>"]
+    out += ["</div></body></html>"]
+    return "\n".join(out)
+
+
+def write_compare(run_dirs, out: str | Path) -> Path:
+    """Write the comparison page to `out` (atomically); return its path."""
+    out = Path(out)
+    page = compare(run_dirs)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out, page.encode())
+    return out

@@ -1,0 +1,121 @@
+"""convscope compare and convscope chapter: runs side by side, in a real browser."""
+
+import os
+
+import pytest
+from browser import check_page, find_chromium
+from conftest import cli_error
+from safetensors.torch import load_file, save_file
+
+from convscope.cli import main
+from convscope.compare import compare, differing_settings, load_runs, names_of
+
+needs_browser = pytest.mark.skipif(find_chromium() is None and not os.environ.get("CI"),
+                                   reason="no chromium on PATH (CI installs it)")
+QUICK = ["--subset", "640", "--bs", "64", "--epochs", "2"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("compare")
+    good, bad, plain = tmp / "good", tmp / "bad", tmp / "plain"
+    assert main(["train", *QUICK, "--out", str(good)]) == 0
+    assert main(["train", *QUICK, "--no-bn", "--schedule", "constant", "--lr", "0.06",
+                 "--out", str(bad)]) == 0
+    assert main(["train", *QUICK, "--no-stats", "--out", str(plain)]) == 0
+    return good, bad, plain
+
+
+def test_settings_that_differ_and_the_best_marked(runs):
+    good, bad, _ = runs
+    loaded = load_runs([good, bad])
+    names = names_of(loaded)
+    rows = {r["setting"]: r for r in differing_settings(loaded, names)}
+    assert set(rows) == {"peak learning rate (1cycle)", "schedule", "batchnorm"}
+    assert rows["batchnorm"] == {"setting": "batchnorm", "good": "yes", "bad": "no"}
+    page = compare([good, bad])
+    assert "<h2>Settings that differ</h2>" in page and "run folder" not in page
+    assert page.count(" *</td>") >= 2  # the good run's accuracy and valid loss are the best
+
+
+def test_overlays_and_side_by_side_layers_from_saved_files(runs, tmp_path):
+    good, bad, plain = runs
+    page = compare([good, bad, plain])
+    assert 'alt="overlaid curves"' in page
+    assert page.count("color_dim side by side") == 5  # modules 0-4, paired by name
+    assert "(only in good, bad; not in plain)" in page  # plain recorded no activations
+    assert page.count("<h3>good</h3>") == page.count("<h3>bad</h3>") == 1  # its diagnosis
+    assert "is at chance level" in page  # the bad run's verdict, beside the good one's
+
+
+@needs_browser
+def test_compare_page_in_a_real_browser(runs, tmp_path, capsys):
+    good, bad, _ = runs
+    out = tmp_path / "compare.html"
+    assert main(["compare", str(good), str(bad), "--out", str(out)]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    result = check_page(out, tmp_path / "compare.png")
+    assert result.console_errors == [] and result.exceptions == []
+    assert len(result.images) >= 1 + 1 + 5 and result.broken_images == []
+    page = out.read_text()
+    assert "<script" not in page and 'src="http' not in page
+
+
+def test_bad_input_is_one_line_and_exit_2(runs, tmp_path, capsys):
+    good, bad, _ = runs
+    assert main(["compare", str(good)]) == 2
+    assert "compare needs at least two run folders, received 1" in cli_error(
+        capsys.readouterr().err)
+    assert main(["compare", str(good), str(tmp_path)]) == 2
+    assert f"{tmp_path} cannot be compared" in cli_error(capsys.readouterr().err)
+    old = tmp_path / "old"
+    old.mkdir()
+    for p in bad.iterdir():
+        (old / p.name).write_bytes(p.read_bytes())
+    tensors = load_file(old / "activation_stats.safetensors")  # as an older format wrote it
+    save_file(tensors, str(old / "activation_stats.safetensors"),
+              metadata={"format": "convscope.activation_stats/0"})
+    assert main(["compare", str(good), str(old)]) == 2
+    line = cli_error(capsys.readouterr().err)
+    assert "cannot be compared" in line and "convscope.activation_stats/0" in line
+
+
+@needs_browser
+def test_chapter_replays_end_to_end_on_a_subset(tmp_path, capsys):
+    out = tmp_path / "chapter"
+    assert main(["chapter", "--subset", "1000", "--out", str(out)]) == 0
+    assert f"wrote {out / 'chapter.html'}" in capsys.readouterr().out
+    steps = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert steps == ["1-no-bn-bs64", "2-no-bn-bs512", "3-no-bn-1cycle", "4-bn-1cycle",
+                     "5-bn-1cycle-5ep"]
+    for step in steps:  # each a normal run folder
+        assert (out / step / "report.html").is_file()
+    page = (out / "chapter.html").read_text()
+    assert "11.35%" in page and "99.12% / 99.21%" in page  # the book's numbers beside ours
+    assert "on 1,000 training images" in page
+    result = check_page(out / "chapter.html", tmp_path / "chapter.png")
+    assert result.console_errors == [] and result.broken_images == []
+    assert len(result.images) >= 6
+    # a second replay does not overwrite the first behind the user's back
+    assert main(["chapter", "--subset", "1000", "--out", str(out)]) == 2
+    assert "holds a run already" in cli_error(capsys.readouterr().err)
+
+
+def test_a_step_that_fails_is_shown_and_the_others_run(tmp_path, monkeypatch):
+    from convscope import chapter, recipe
+    from convscope.errors import TrainingDivergedError
+
+    real = recipe.run_training
+
+    def first_diverges(cfg, **kw):
+        if cfg.out.endswith("1-no-bn-bs64"):
+            raise TrainingDivergedError("Training diverged at epoch 0, batch 3: ...", 0, 3, 0.06)
+        return real(cfg, **kw)
+
+    monkeypatch.setattr(recipe, "run_training", first_diverges)
+    monkeypatch.setattr(chapter, "STEPS", chapter.STEPS[:2])
+    page = chapter.run_chapter(tmp_path / "ch", subset=500, log=lambda *a: None)
+    text = page.read_text()
+    assert "This step diverged:</b> Training diverged at epoch 0, batch 3" in text
+    assert ">diverged<" in text  # its row in the table
+    assert (tmp_path / "ch" / "2-no-bn-bs512" / "report.html").is_file()
