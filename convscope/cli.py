@@ -119,6 +119,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder for the PNGs (default: runs/kernel)")
     k.set_defaults(func=_kernel)
 
+    cs = sub.add_parser("conv-sheet", help="write the chapter's conv-example spreadsheet",
+                        description="Write an .xlsx workbook: a digit as cells, two 3x3 "
+                        "kernels and their outputs as live formulas, a second layer over both; "
+                        "trace precedents on any activation to see its receptive field.")
+    cs.add_argument("image", nargs="?", help="an image file (default: an MNIST digit)")
+    cs.add_argument("--index", type=non_negative_int, default=0,
+                    help="which MNIST training digit when no IMAGE is given (default: 0)")
+    cs.add_argument("--kernel", nargs="+", metavar="NAME",
+                    help="layer 1's kernels (default: top_edge left_edge)")
+    cs.add_argument("--out", metavar="FILE.xlsx", default="runs/conv-example.xlsx",
+                    help="default: runs/conv-example.xlsx")
+    cs.set_defaults(func=_conv_sheet)
+
     m = sub.add_parser("conv-matrix", help="draw a convolution as a matrix",
                        description="Build the matrix W with W @ x.flatten() == conv(x) for a "
                        "SIZE x SIZE image and a KERNEL x KERNEL kernel, and draw it: each "
@@ -202,19 +215,10 @@ def _kernel(args: argparse.Namespace) -> int:
 
     from convscope import plots
     from convscope.conv import KERNELS, conv2d_matmul, kernel
-    from convscope.data import load_image, mnist
     from convscope.files import atomic_write_bytes
 
     k = kernel(args.kernel)  # raises with the list of names
-    if args.image:
-        img = load_image(args.image)
-        source = args.image
-    else:
-        data = mnist()
-        if args.index >= len(data.y_train):
-            raise UserError(f"--index: MNIST has {len(data.y_train)} training digits, "
-                            f"received {args.index}")
-        img, source = data.x_train[args.index], f"MNIST training digit {args.index}"
+    img, source = _image_or_digit(args)
     x = img.float() / 255  # (C, H, W)
     c = x.shape[0]
 
@@ -229,6 +233,39 @@ def _kernel(args: argparse.Namespace) -> int:
     atomic_write_bytes(out / "kernel.txt", f"{source}\n{args.kernel}\n{k.tolist()}\n".encode())
     print(f"{source} ({c}x{x.shape[1]}x{x.shape[2]}) under {args.kernel}: "
           f"{out / (args.kernel + '.png')}, all kernels: {out / 'kernels.png'}")
+    return 0
+
+
+def _image_or_digit(args: argparse.Namespace):
+    """(uint8 image (C, H, W), where it came from): IMAGE, or MNIST training digit --index."""
+    from convscope.data import load_image, mnist
+
+    if args.image:
+        return load_image(args.image), args.image
+    data = mnist()
+    if args.index >= len(data.y_train):
+        raise UserError(f"--index: MNIST has {len(data.y_train)} training digits, "
+                        f"received {args.index}")
+    return data.x_train[args.index], f"MNIST training digit {args.index}"
+
+
+def _conv_sheet(args: argparse.Namespace) -> int:
+    from convscope.conv import kernel
+    from convscope.conv_sheet import image_for_sheet, write_conv_sheet
+
+    names = args.kernel or ["top_edge", "left_edge"]
+    if len(names) > 2:
+        raise UserError(f"--kernel: expected one or two kernel names (layer 1 has two), "
+                        f"received {len(names)}: {' '.join(names)}")
+    names = (names + ["left_edge"])[:2] if len(names) == 1 else names
+    for name in names:
+        kernel(name)  # raises with the list of names
+    if not str(args.out).endswith(".xlsx"):
+        raise UserError(f"--out: expected a .xlsx file, received {args.out!r}")
+    img, source = _image_or_digit(args)
+    path = write_conv_sheet(args.out, image_for_sheet(img), source, tuple(names))
+    print(f"wrote {path}: {source} through {names[0]} and {names[1]}, then a 2x3x3 kernel; "
+          f"open it and trace the precedents of any conv3 cell (the notes sheet says how)")
     return 0
 
 

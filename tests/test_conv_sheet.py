@@ -1,0 +1,119 @@
+"""convscope conv-sheet: the chapter's conv-example workbook, recomputed by a spreadsheet engine
+nobody here wrote (LibreOffice, headless)."""
+
+import csv
+import os
+import shutil
+import subprocess
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import cli_error
+from openpyxl import load_workbook
+from PIL import Image
+
+from convscope.cli import main
+from convscope.conv import kernel
+from convscope.conv_sheet import CONV1, CONV2, CONV3, GRIDS, INPUT, KERNEL1, expected
+from convscope.data import mnist
+
+SOFFICE = shutil.which("soffice") or shutil.which("libreoffice")
+# CI installs Debian's libreoffice-calc-nogui (.ci/run): there a missing engine is a failure
+needs_office = pytest.mark.skipif(SOFFICE is None and not os.environ.get("CI"),
+                                  reason="no LibreOffice on PATH (CI installs it)")
+
+
+def recompute(xlsx, tmp_path) -> list[list[str]]:
+    """LibreOffice opens the workbook, computes every formula and writes the sheet's values."""
+    out = tmp_path / "csv"
+    subprocess.run([SOFFICE or "soffice", "--headless", f"-env:UserInstallation=file://"
+                    f"{tmp_path / 'profile'}", "--convert-to",
+                    "csv:Text - txt - csv (StarCalc):44,34,76,1,,0,false,true,false,false,"
+                    "false,-1", str(xlsx), "--outdir", str(out)],
+                   check=True, capture_output=True, timeout=180)
+    return list(csv.reader((out / f"{xlsx.stem}-conv.csv").open()))
+
+
+def grid(rows, g) -> torch.Tensor:
+    return torch.tensor([[float(rows[g.row - 1 + r][g.col - 1 + c]) for c in range(g.cols)]
+                         for r in range(g.rows)])
+
+
+@pytest.fixture(scope="module")
+def sheet(tmp_path_factory):
+    path = tmp_path_factory.mktemp("sheet") / "conv.xlsx"
+    assert main(["conv-sheet", "--index", "7", "--out", str(path)]) == 0
+    return path
+
+
+def test_cells_are_formulas_and_grids_are_named(sheet):
+    wb = load_workbook(sheet)
+    ws = wb["conv"]
+    assert set(GRIDS) <= set(wb.defined_names)
+    assert wb.defined_names["conv1"].attr_text == "conv!$AK$3:$BJ$28"
+    assert ws.cell(*CONV1.cell(0, 0)).value == "=MAX(0,SUMPRODUCT(B3:D5,$AF$3:$AH$5))"
+    assert ws.cell(*CONV3.cell(23, 23)).value.startswith("=MAX(0,SUMPRODUCT(")
+    formulas = sum(str(ws.cell(*g.cell(r, c)).value).startswith("=") for g in (CONV1, CONV2,
+                   CONV3) for r in range(g.rows) for c in range(g.cols))
+    assert formulas == 2 * 26 * 26 + 24 * 24
+    assert isinstance(ws.cell(*INPUT.cell(10, 10)).value, (int, float))  # the input is data
+    assert len(ws.conditional_formatting) == len(GRIDS)  # a colour scale on every grid
+    notes = "\n".join(str(c.value) for c in wb["notes"]["A"] if c.value)
+    assert "Formulas > Trace Precedents" in notes and "Detective > Trace Precedents" in notes
+
+
+@needs_office
+def test_libreoffice_computes_what_convscope_and_torch_compute(sheet, tmp_path):
+    rows = recompute(sheet, tmp_path)
+    image = grid(rows, INPUT)
+    assert torch.allclose(image, mnist().x_train[7, 0].float() / 255, atol=1e-6)
+    k1, k2, blur = kernel("top_edge"), kernel("left_edge"), kernel("box_blur")
+    ours = expected(image, k1, k2, blur, blur)
+    layer1 = F.conv2d(image[None, None], torch.stack([k1, k2])[:, None]).relu()
+    layer2 = F.conv2d(layer1, torch.stack([blur, blur])[None]).relu()
+    for name, g, ref in (("conv1", CONV1, layer1[0, 0]), ("conv2", CONV2, layer1[0, 1]),
+                         ("conv3", CONV3, layer2[0, 0])):
+        got = grid(rows, g)
+        assert torch.allclose(got, ours[name], atol=1e-4), name
+        assert torch.allclose(got, ref, atol=1e-4), name
+    assert grid(rows, CONV3).max() > 0.5  # not a sheet of zeros
+
+
+@needs_office
+def test_editing_a_kernel_recomputes_everything_downstream(sheet, tmp_path):
+    wb = load_workbook(sheet)
+    ws = wb["conv"]
+    sharpen = kernel("sharpen")
+    for r in range(3):
+        for c in range(3):
+            ws.cell(*KERNEL1.cell(r, c), float(sharpen[r, c]))
+    edited = tmp_path / "edited.xlsx"
+    wb.save(edited)
+    rows = recompute(edited, tmp_path)
+    blur = kernel("box_blur")
+    ours = expected(grid(rows, INPUT), sharpen, kernel("left_edge"), blur, blur)
+    assert torch.allclose(grid(rows, CONV1), ours["conv1"], atol=1e-4)
+    assert torch.allclose(grid(rows, CONV3), ours["conv3"], atol=1e-4)
+
+
+def test_an_image_and_chosen_kernels(tmp_path, capsys):
+    img = tmp_path / "colour.png"
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(img)
+    out = tmp_path / "c.xlsx"
+    assert main(["conv-sheet", str(img), "--kernel", "sharpen", "right_edge", "--out",
+                 str(out)]) == 0
+    assert "through sharpen and right_edge" in capsys.readouterr().out
+    ws = load_workbook(out)["conv"]
+    assert ws.cell(KERNEL1.row - 1, KERNEL1.col).value == "kernel1: sharpen"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--kernel", "a", "b", "c"], "--kernel: expected one or two kernel names"),
+    (["--kernel", "wobble"], "wobble"),
+    (["--out", "x.csv"], "--out: expected a .xlsx file"),
+    (["--index", "99999"], "--index: MNIST has 60000 training digits"),
+])
+def test_bad_input_is_one_line(capsys, args, message):
+    assert main(["conv-sheet", *args]) == 2
+    assert message in cli_error(capsys.readouterr().err)
