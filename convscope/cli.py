@@ -132,6 +132,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="default: runs/conv-example.xlsx")
     cs.set_defaults(func=_conv_sheet)
 
+    e = sub.add_parser("explore", help="trace an activation's receptive field in a browser",
+                       description="Run one image through a trained run's model and write a "
+                       "self-contained page of every conv layer's activation maps; click an "
+                       "activation to outline its receptive field (trace precedents), or an "
+                       "input pixel to outline what it reaches (trace dependents).")
+    e.add_argument("run_dir", metavar="RUN_DIR")
+    e.add_argument("image", nargs="?", help="an image file (default: an MNIST digit)")
+    e.add_argument("--index", type=non_negative_int, default=0,
+                   help="which MNIST training digit when no IMAGE is given (default: 0)")
+    e.add_argument("--out", metavar="FILE.html", help="default: RUN_DIR/explore.html")
+    e.set_defaults(func=_explore)
+
     m = sub.add_parser("conv-matrix", help="draw a convolution as a matrix",
                        description="Build the matrix W with W @ x.flatten() == conv(x) for a "
                        "SIZE x SIZE image and a KERNEL x KERNEL kernel, and draw it: each "
@@ -266,6 +278,17 @@ def _conv_sheet(args: argparse.Namespace) -> int:
     path = write_conv_sheet(args.out, image_for_sheet(img), source, tuple(names))
     print(f"wrote {path}: {source} through {names[0]} and {names[1]}, then a 2x3x3 kernel; "
           f"open it and trace the precedents of any conv3 cell (the notes sheet says how)")
+    return 0
+
+
+def _explore(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from convscope.explore import write_explore
+
+    img, source = _image_or_digit(args)
+    out = Path(args.out) if args.out else Path(args.run_dir) / "explore.html"
+    print(f"wrote {write_explore(args.run_dir, out, img, source)}")
     return 0
 
 

@@ -24,16 +24,20 @@ def find_chromium() -> str | None:
 
 
 class PageCheck:
-    def __init__(self, console_errors, exceptions, images, screenshot):
+    def __init__(self, console_errors, exceptions, images, screenshot, result=None):
         self.console_errors, self.exceptions = console_errors, exceptions
         self.images, self.screenshot = images, screenshot
+        self.result = result  # what `interact` returned
 
     @property
     def broken_images(self) -> list[dict]:
         return [i for i in self.images if not i["complete"] or i["w"] == 0]
 
 
-def check_page(path: Path, screenshot: Path, timeout: float = 60.0) -> PageCheck:
+def check_page(path: Path, screenshot: Path, timeout: float = 60.0,
+               interact=None) -> PageCheck:
+    """Load `path`, then (if given) call `interact(call)` with a function that sends one
+    DevTools command and returns its result: clicks, key presses, script."""
     import websocket
 
     exe = find_chromium()
@@ -79,6 +83,7 @@ def check_page(path: Path, screenshot: Path, timeout: float = 60.0) -> PageCheck
                   "({alt: i.alt, complete: i.complete, w: i.naturalWidth})))")
         result = call("Runtime.evaluate", returnByValue=True, expression=script)
         images = json.loads(result["result"]["value"])
+        interaction = interact(call) if interact is not None else None
         metrics = call("Page.getLayoutMetrics")["cssContentSize"]
         shot = call("Page.captureScreenshot", format="png", captureBeyondViewport=True,
                     clip={"x": 0, "y": 0, "width": metrics["width"],
@@ -90,7 +95,7 @@ def check_page(path: Path, screenshot: Path, timeout: float = 60.0) -> PageCheck
         console += [e["params"]["entry"] for e in events if e.get("method") == "Log.entryAdded"
                     and e["params"]["entry"]["level"] == "error"]
         exceptions = [e["params"] for e in events if e.get("method") == "Runtime.exceptionThrown"]
-        return PageCheck(console, exceptions, images, screenshot)
+        return PageCheck(console, exceptions, images, screenshot, interaction)
     finally:
         proc.terminate()
         try:

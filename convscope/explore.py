@@ -1,0 +1,112 @@
+"""explore: one image through a trained run's model, every conv layer's activation maps on a
+page, and trace precedents and dependents in the browser.
+
+Click (or move to with the arrow keys and press Enter) any activation: its receptive field is
+outlined in the input, the window it reads in each layer between is outlined there, and its
+value and the kernel that made it are shown. Click an input pixel: every activation it reaches
+is outlined (trace dependents). The page is one self-contained file (inline script and data,
+nothing fetched), so it works offline; explore.html beside this module is its template. The
+geometry is each conv's kernel size, stride and padding, as `conv.receptive_field` computes it;
+the tests click an activation in Chromium and compare the outlined input box with
+receptive_field's.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from convscope.errors import UsageError
+from convscope.files import atomic_write_bytes
+
+
+def load_model(run_dir: str | Path):
+    """The run's trained simple_cnn and the metadata saved beside its weights."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from convscope.models import simple_cnn
+
+    path = Path(run_dir) / "model.safetensors"
+    if not path.is_file():
+        raise UsageError(f"{run_dir}: no model.safetensors; expected the folder of a finished "
+                         f"`convscope train` run")
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("model") != "simple_cnn":
+        raise UsageError(f"{path}: a model convscope cannot rebuild ({meta.get('model')!r})")
+    model = simple_cnn(in_channels=int(meta["in_channels"]), n_classes=int(meta["n_classes"]),
+                       bn=json.loads(meta.get("bn", "true")))
+    model.load_state_dict(load_file(path))
+    return model.eval(), meta
+
+
+def blocks_of(model: nn.Module) -> list[tuple[str, nn.Module, nn.Conv2d]]:
+    """Each conv block (name, block, its conv), in order."""
+    from convscope.callbacks.activation_stats import conv_blocks
+
+    out = []
+    for name, block in conv_blocks(model):
+        conv = next(m for m in block.modules() if isinstance(m, nn.Conv2d))
+        out.append((name, block, conv))
+    return out
+
+
+@torch.no_grad()
+def activations(model: nn.Module, image: torch.Tensor, mean, std) -> tuple[list, list]:
+    """The normalised image through `model`: each conv block's output (C, H, W) and geometry."""
+    x = ((image.float() / 255 - torch.tensor(mean).view(-1, 1, 1))
+         / torch.tensor(std).view(-1, 1, 1))[None]
+    blocks = blocks_of(model)
+    outs: dict[str, torch.Tensor] = {}
+    handles = [b.register_forward_hook(lambda m, i, o, n=n: outs.__setitem__(n, o[0]))
+               for n, b, _ in blocks]
+    try:
+        logits = model(x)[0]
+    finally:
+        for h in handles:
+            h.remove()
+    layers = []
+    for name, _, conv in blocks:
+        a = outs[name]
+        layers.append({"name": name, "k": conv.kernel_size[0], "s": conv.stride[0],
+                       "p": conv.padding[0], "shape": list(a.shape),
+                       "values": [round(v, 4) for v in a.flatten().tolist()],
+                       "weights": [round(v, 4) for v in conv.weight.flatten().tolist()],
+                       "wshape": list(conv.weight.shape)})
+    return layers, logits.softmax(0).tolist()
+
+
+def page(layers: list[dict], image: torch.Tensor, probs: list[float], classes: list[str],
+         title: str) -> str:
+    """The self-contained explorer page."""
+    data = {"image": image.permute(1, 2, 0).flatten().tolist(), "ishape": list(image.shape),
+            "layers": layers, "probs": probs, "classes": classes}
+    template = (Path(__file__).with_name("explore.html")).read_text()
+    return template.replace("__TITLE__", html.escape(title)).replace(
+        "__DATA__", json.dumps(data).replace("</", "<\\/"))
+
+
+def write_explore(run_dir: str | Path, out: str | Path, image: torch.Tensor, source: str) -> Path:
+    """Run `image` (uint8 C x H x W) through the run's model and write the explorer page."""
+    import torch.nn.functional as F
+
+    model, meta = load_model(run_dir)
+    c, h, w = json.loads(meta["input_shape"])
+    if image.shape[0] != c:
+        image = (image.float().mean(0, keepdim=True) if c == 1
+                 else image.expand(3, -1, -1).float()).round().to(torch.uint8)
+    if tuple(image.shape[-2:]) != (h, w):
+        image = F.interpolate(image[None].float(), size=(h, w), mode="area")[0].round().to(
+            torch.uint8)
+    layers, probs = activations(model, image, json.loads(meta["mean"]), json.loads(meta["std"]))
+    classes = json.loads(meta.get("classes", "[]"))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    title = f"convscope explore: {Path(run_dir).name}, {source}"
+    atomic_write_bytes(out, page(layers, image, probs, classes, title).encode())
+    return out
