@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/convscope train --out runs/mnist
+	$(BIN)/convscope train --out runs/mnist --overwrite
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
