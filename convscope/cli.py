@@ -32,7 +32,6 @@ def _number(kind: Callable, check: Callable, expected: str) -> Callable[[str], o
             raise argparse.ArgumentTypeError(f"expected {expected}, received {text!r}")
         return value
 
-    parse.__name__ = expected  # argparse names the type in some messages
     return parse
 
 
@@ -42,7 +41,7 @@ positive_float = _number(float, lambda v: v > 0 and v != float("inf"), "a number
 fraction = _number(float, lambda v: 0 < v < 1, "a number between 0 and 1")
 
 
-# every option of TrainConfig but none: `train` offers them all
+# `train` offers every option TrainConfig declares
 TRAIN_OPTIONS = tuple(options())
 
 
@@ -60,15 +59,10 @@ def add_options(parser: argparse.ArgumentParser, names: Sequence[str],
         value = default(name)
         shown = o.unset if value is None else value
         text = o.help if o.kind is None else f"{o.help} (default: {shown})"
-        kw: dict = {"dest": name, "help": text.replace("%", "%%")}  # argparse formats help
-        if suppress:
-            kw["default"] = argparse.SUPPRESS
-        elif o.kind is not None:
-            kw["default"] = value
+        kw: dict = {"dest": name, "help": text.replace("%", "%%"),  # argparse formats help
+                    "default": argparse.SUPPRESS if suppress else value}
         if o.kind is None:  # a switch: --no-x turns off a default-on setting
             kw["action"] = "store_false" if value else "store_true"
-            if not suppress:
-                kw["default"] = value
         elif o.choices is not None:
             kw["choices"] = o.choices
         else:
@@ -90,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(t, TRAIN_OPTIONS, suppress=True)
     t.add_argument("--resume", metavar="RUN_DIR",
                    help="continue RUN_DIR from its checkpoint with the settings in its "
-                   "config.json (only --device may change)")
+                   "config.json (only --device and --nproc may change)")
     t.add_argument("--overwrite", action="store_true", default=argparse.SUPPRESS,
                    help="replace the run the --out folder holds (its files are deleted first)")
     g = t.add_argument_group("several processes and machines (also with --resume)")

@@ -49,30 +49,16 @@ def read_safetensors(path: str | Path, fmt: str, what: str) -> tuple[dict, dict[
     Raises:
         ValueError: missing, truncated, corrupt, or of another format.
     """
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"No such file: {str(path)!r} (expected {what}).")
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("format") != fmt:
-                raise UsageError(f"{path}: not {what} (its metadata names format "
-                                 f"{meta.get('format')!r}, expected {fmt!r}).")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-    except UsageError:
-        raise
-    except Exception as e:  # safetensors raises its own error types for damaged files
-        raise UsageError(f"{path}: cannot be read as {what} (truncated or corrupt?): "
-                         f"{e}") from None
-    return tensors, meta
+    return read_safetensors_bytes(path.read_bytes(), str(path), fmt, what)
 
 
 def read_safetensors_bytes(data: bytes, name: str, fmt: str,
                            what: str) -> tuple[dict, dict[str, str]]:
-    """`read_safetensors` of a file's bytes (received from another process), `name` naming
-    it in messages."""
+    """`read_safetensors` of a file's bytes (read here, or received from another process),
+    `name` naming it in messages."""
     import json
 
     from safetensors.torch import load
@@ -86,6 +72,6 @@ def read_safetensors_bytes(data: bytes, name: str, fmt: str,
         return load(data), meta
     except UsageError:
         raise
-    except Exception as e:
+    except Exception as e:  # safetensors raises its own error types for damaged files
         raise UsageError(f"{name}: cannot be read as {what} (truncated or corrupt?): "
                          f"{e}") from None

@@ -172,7 +172,7 @@ def _epochs(values: list[dict]) -> list[dict]:
 
 def _blocks(run: Run) -> dict[str, str]:
     """Each recorded block's name -> the summary's layers it holds ("0" -> "0.0-0.2")."""
-    rows = (run.summary.rows if getattr(run, "summary", None) is not None else [])
+    rows = run.summary.rows if run.summary is not None else []
     out: dict[str, list[str]] = {}
     for r in rows:
         out.setdefault(r["layer"].split(".")[0], []).append(r["layer"])
