@@ -115,7 +115,7 @@ class ProgressCallback(Callback):
         self._print(format_row(list(row.values())))
 
     def after_fit(self) -> None:
-        if getattr(self, "_notebook", None) is not None:
+        if self._notebook is not None:
             self._notebook.finish()
             self._notebook = None
         if self._bar is not None:
