@@ -110,8 +110,9 @@ def render(outcomes: list[Outcome], subset: int | None) -> str:
     from convscope import plots
     from convscope.diagnosis import diagnose
     from convscope.display import findings_html, table_html
-    from convscope.report import CSS, _img, _png, load_run
+    from convscope.report import CSS, Figures, load_run
 
+    figs = Figures()
     rows = []
     for o in outcomes:
         book = " / ".join(f"{a:.2%}" for a in o.step.book_accuracy)
@@ -143,10 +144,10 @@ def render(outcomes: list[Outcome], subset: int | None) -> str:
         for idx in o.step.shows:
             if s is not None and s.batches and -len(s.layer_names) <= idx < len(s.layer_names):
                 name = s.layer_names[idx]
-                out += [_img(_png(plots.color_dim(s, idx, recorder=run.history)),
-                             f"{o.step.name} module {name} color_dim")]
+                out += [figs.img(lambda s=s, idx=idx, h=run.history: plots.color_dim(
+                    s, idx, recorder=h), f"{o.step.name} module {name} color_dim")]
         found = diagnose(stats=run.stats, history=run.history, gradients=run.gradients)
         out += ["<h3>Diagnosis</h3>", findings_html(found)]
     out.append("</body></html>")
-    return "\n".join(out)
+    return figs.fill("\n".join(out))
 

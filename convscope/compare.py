@@ -17,7 +17,7 @@ from convscope.config import describe
 from convscope.display import findings_html, table_html
 from convscope.errors import UsageError
 from convscope.files import atomic_write_bytes
-from convscope.report import CSS, Run, _img, _png, load_run
+from convscope.report import CSS, Figures, Run, load_run
 
 
 def load_runs(run_dirs) -> list[Run]:
@@ -79,6 +79,7 @@ def compare(run_dirs) -> str:
 
     runs = load_runs(run_dirs)
     names = names_of(runs)
+    figs = Figures()
     title = "convscope: " + " vs ".join(names)
     out = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
            f"<title>{html.escape(title)}</title><style>{CSS}"
@@ -92,15 +93,15 @@ def compare(run_dirs) -> str:
             table_html(final_metrics(runs, names), left=("run",))]
     histories = [r.history for r in runs]
     if any(h.losses for h in histories):
-        out += ["<h2>Curves</h2>", _img(_png(plots.compare_curves(histories, names)),
-                                        "overlaid curves")]
+        out += ["<h2>Curves</h2>", figs.img(lambda: plots.compare_curves(histories, names),
+                                            "overlaid curves")]
     stats = [r.stats for r in runs]
     layers = list(dict.fromkeys(n for s in stats if s is not None for n in s.layer_names))
     if layers:
         out += ["<h2>Activations</h2><p>Each layer's color_dim for every run that recorded it, "
                 "on one colour scale and one histogram range: darker means fewer activations "
-                "in every panel.</p>", _img(_png(plots.compare_dead(stats, names)),
-                                            "near-zero share per run")]
+                "in every panel.</p>", figs.img(lambda: plots.compare_dead(stats, names),
+                                                "near-zero share per run")]
         for layer in layers:
             have = [n for s, n in zip(stats, names, strict=True)
                     if s is not None and layer in s.layer_names]
@@ -108,14 +109,14 @@ def compare(run_dirs) -> str:
             note = (f" <small>(only in {', '.join(have)}; not in {', '.join(missing)})</small>"
                     if missing else "")
             out += [f"<h3>Module {html.escape(layer)}{note}</h3>",
-                    _img(_png(plots.compare_color_dim(stats, names, layer)),
-                         f"module {layer} color_dim side by side")]
+                    figs.img(lambda layer=layer: plots.compare_color_dim(stats, names, layer),
+                             f"module {layer} color_dim side by side")]
     out += ["<h2>Diagnosis</h2><div class='side'>"]
     for r, n in zip(runs, names, strict=True):
         found = diagnose(stats=r.stats, history=r.history, gradients=r.gradients)
         out += [f"<div><h3>{html.escape(n)}</h3>{findings_html(found)}</div>"]
     out += ["</div></body></html>"]
-    return "\n".join(out)
+    return figs.fill("\n".join(out))
 
 
 def write_compare(run_dirs, out: str | Path) -> Path:

@@ -33,9 +33,24 @@ class Figure(_MplFigure):
 
 
 def png_bytes(fig: _MplFigure, dpi: int = 100) -> bytes:
-    """The figure as PNG bytes."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    """The figure as PNG bytes, drawn once.
+
+    Every figure here lays itself out (tight_layout) when it is made, so this draws it on an
+    Agg canvas and encodes the pixels: `savefig` would draw it twice (once more to measure for
+    `bbox_inches="tight"`, or, after tight_layout, to run the layout engine it leaves behind),
+    and drawing is most of a report's time."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.image import imsave
+
+    canvas = FigureCanvasAgg(fig)
+    old = fig.dpi
+    fig.dpi = dpi
+    try:
+        canvas.draw()
+        buf = io.BytesIO()
+        imsave(buf, canvas.buffer_rgba(), format="png", dpi=dpi)
+    finally:
+        fig.dpi = old
     return buf.getvalue()
 
 
@@ -348,7 +363,8 @@ def compare_color_dim(stats: Sequence, names: Sequence[str], layer: str,
 
     panels = [(s, n) for s, n in zip(stats, names, strict=True)
               if s is not None and layer in s.layer_names and s.batches]
-    fig = Figure(figsize=(4 * max(len(panels), 1) + 1, 3.4))
+    # constrained layout makes room for a colour bar shared by several axes
+    fig = Figure(figsize=(4 * max(len(panels), 1) + 1, 3.4), layout="constrained")
     if not panels:
         return save_figure(fig, save)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]

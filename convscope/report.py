@@ -11,8 +11,8 @@ from __future__ import annotations
 import base64
 import csv
 import html
-import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,9 +103,33 @@ def load_run(run_dir: str | Path) -> Run:
 
 
 def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    from convscope.plots import png_bytes
+
+    return "data:image/png;base64," + base64.b64encode(png_bytes(fig, dpi=90)).decode()
+
+
+class Figures:
+    """A page's figures, drawn together when the page is done: `img` puts a placeholder where
+    the figure goes, `fill` draws them all (spread over the cores: forked.py) and puts each in
+    its place. `make` builds a fresh figure and must not depend on what runs after it."""
+
+    def __init__(self) -> None:
+        self.makers: list[Callable[[], object]] = []
+
+    def img(self, make: Callable[[], object], alt: str) -> str:
+        self.makers.append(make)
+        return _img(f"\x00figure {len(self.makers) - 1}\x00", alt)
+
+    def fill(self, page: str) -> str:
+        from convscope.forked import forked_map
+
+        for k, src in enumerate(forked_map(lambda make: _png(make()), self.makers)):
+            page = page.replace(f"\x00figure {k}\x00", src, 1)
+        return page
+
+
+def _file_png(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
 def _img(src: str, alt: str) -> str:
@@ -191,6 +215,7 @@ def render(run: Run) -> str:
     headline = (f"{held} accuracy {last['accuracy']:.2%} after {n} epoch{'s' if n != 1 else ''}"
                 if "accuracy" in last else "no epoch finished")
     run.summary = _summary(run)
+    figs = Figures()
     out = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
            f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
            f"<h1>{html.escape(title)}</h1><p>{html.escape(headline)}</p>",
@@ -199,13 +224,16 @@ def render(run: Run) -> str:
            "<h2>Epochs</h2>", table_html(_epochs(run.values))]
     h = run.history
     if h.losses:
+        # the PNGs the run wrote from the same history, drawn again only when missing
+        loss, sched = run.path / "loss.png", run.path / "sched.png"
         out += ["<h2>Loss and schedule</h2>",
-                _img(_png(plots.plot_loss(h)), "loss"),
-                _img(_png(plots.plot_sched(h)), "schedule")]
+                _img(_file_png(loss), "loss") if loss.is_file()
+                else figs.img(lambda: plots.plot_loss(h), "loss"),
+                _img(_file_png(sched), "schedule") if sched.is_file()
+                else figs.img(lambda: plots.plot_sched(h), "schedule")]
     lr_find = run.path / "lr_find.png"
     if lr_find.is_file():
-        src = "data:image/png;base64," + base64.b64encode(lr_find.read_bytes()).decode()
-        out += ["<h2>Learning rate finder</h2>", _img(src, "lr_find")]
+        out += ["<h2>Learning rate finder</h2>", _img(_file_png(lr_find), "lr_find")]
     it = run.interpretation
     if it is not None and len(it):
         worst = [{"actual": a, "predicted": p, "images": c}
@@ -213,18 +241,18 @@ def render(run: Run) -> str:
         per_class = [{"class": r["class"], "images": r["images"],
                       "accuracy": f"{r['accuracy']:.2%}"} for r in it.per_class_accuracy()]
         out += [f"<h2>What the model gets wrong ({held} set)</h2>",
-                _img(_png(it.plot_confusion_matrix()), "confusion matrix"),
+                figs.img(it.plot_confusion_matrix, "confusion matrix"),
                 "<h3>Most confused</h3>", table_html(worst, left=("actual", "predicted")),
                 "<h3>Accuracy per class</h3>", table_html(per_class, left=("class",))]
         if it.images is not None:
             out += ["<h3>Largest losses</h3><p>Each image titled predicted/actual, the "
                     "probability of the prediction, and the loss.</p>",
-                    _img(_png(it.plot_top_losses(9)), "top losses")]
+                    figs.img(lambda: it.plot_top_losses(9), "top losses")]
     if run.summary is not None:
         out += ["<h2>Model summary</h2>", f"<pre>{html.escape(str(run.summary))}</pre>"]
     batch_png = run.path / "show_batch.png"
     if batch_png.is_file():
-        src = "data:image/png;base64," + base64.b64encode(batch_png.read_bytes()).decode()
+        src = _file_png(batch_png)
         what = ("as the model is fed it: augmented (random crops and flips)"
                 if run.config.get("augment") else "as the model is fed it")
         out += [f"<h2>A training batch</h2><p>{what}</p>", _img(src, "show_batch")]
@@ -235,7 +263,7 @@ def render(run: Run) -> str:
                 f"the step moved the weights relative to their size, and the gradient norm; "
                 f"recorded on {len(g.batches)} steps. Around 1e-3 is usual; a layer 100x below "
                 f"the others barely learns, one above 1e-1 is pushed too hard.</p>",
-                _img(_png(plots.plot_gradient_stats(g)), "gradient statistics")]
+                figs.img(lambda: plots.plot_gradient_stats(g), "gradient statistics")]
     s = run.stats
     if s is not None and s.batches:
         blocks = _blocks(run)
@@ -245,16 +273,17 @@ def render(run: Run) -> str:
                 f"|x| &le; {s.zero_thresh:g}. Block <i>k</i> holds the summary's layers "
                 f"<i>k</i>.0, <i>k</i>.1, ... Between 40% and 60% near zero is normal after a "
                 f"ReLU, which zeroes the negative half; a block near 100% is dead.</p>",
-                _img(_png(plots.dead_chart(s)), "dead chart")]
+                figs.img(lambda: plots.dead_chart(s), "dead chart")]
         for i, name in enumerate(s.layer_names):
             layers = f" (layers {blocks[name]})" if name in blocks else ""
             out += [f"<h3>Block {html.escape(name)}{html.escape(layers)}</h3>"
                     f"<div class='layer'>",
-                    _img(_png(plots.plot_layer_stats(s, i)), f"block {name} stats"),
-                    _img(_png(plots.color_dim(s, i, recorder=h)), f"block {name} color_dim"),
+                    figs.img(lambda i=i: plots.plot_layer_stats(s, i), f"block {name} stats"),
+                    figs.img(lambda i=i: plots.color_dim(s, i, recorder=h),
+                             f"block {name} color_dim"),
                     "</div>"]
     out.append("</body></html>")
-    return "\n".join(out)
+    return figs.fill("\n".join(out))
 
 
 def build_report(run_dir: str | Path) -> Path:

@@ -53,6 +53,17 @@ def test_report_content(run_dir):
     assert "at each epoch&#x27;s end" in page
 
 
+def test_report_drawn_across_processes_equals_the_one_drawn_in_one(run_dir, monkeypatch):
+    """The figures are drawn by forked copies too (forked.py): the page must not depend on
+    which process drew what."""
+    from convscope import forked, report
+
+    spread = report.render(load_run(run_dir))
+    monkeypatch.setattr(forked, "cores", lambda: 1)
+    assert report.render(load_run(run_dir)) == spread
+    assert spread.count("data:image/png;base64,") >= 15 and "\x00" not in spread
+
+
 def test_report_command_rebuilds_it(run_dir, capsys):
     (run_dir / "report.html").unlink()
     assert main(["lr-find", "--data", str(run_dir.parent / "data"), "--bs", "16", "--num-it",
