@@ -30,9 +30,10 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 class PeerLost(ConvscopeError):
     """Another process of a distributed run stopped; this one cannot go on. The launcher
-    restarts the group (`--max-restarts`) or says how to resume."""
+    restarts the group (`--max-restarts`) or says how to resume. Its own exit code tells the
+    launcher this process is not the cause."""
 
-    exit_code = 1
+    exit_code = 4
 
 
 class TrainingDivergedError(ConvscopeError, RuntimeError):

@@ -21,7 +21,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from convscope.errors import ConvscopeError, UsageError
+from convscope.errors import ConvscopeError, PeerLost, UsageError
 
 
 class LaunchFailed(ConvscopeError):
@@ -148,7 +148,13 @@ def launch(spec: Launch, argv: list[str], run_dir: str | Path) -> int:
 
 def failed_message(error, spec: Launch, run_dir: str | Path) -> str:
     """What a failed group kept, and the command that continues it."""
-    rank, failure = error.get_first_failure()  # the root cause: the others were stopped
+    # The root cause, not a process that stopped because its peer had (PeerLost): torch's
+    # first failure goes by timestamps of one-second resolution, and a process that has just
+    # lost its peer often exits within the second its peer died.
+    causes = {r: f for r, f in error.failures.items()
+              if f.exitcode != PeerLost.exit_code} or error.failures
+    rank = min(causes, key=lambda r: (causes[r].timestamp, r))
+    failure = causes[rank]
     how = (f"killed by signal {-failure.exitcode}" if failure.exitcode < 0
            else f"exit code {failure.exitcode}")
     restarts = (f"and its {spec.max_restarts} restart{'s' if spec.max_restarts != 1 else ''} "
