@@ -34,6 +34,7 @@ _WHERE = {
     "ParamScheduler": "convscope.callbacks",
     "ProgressCallback": "convscope.callbacks",
     "Recorder": "convscope.callbacks",
+    "ValidPreds": "convscope.callbacks",
     "DataLoader": "convscope.data",
     "DataLoaders": "convscope.data",
     "ImageData": "convscope.data",
@@ -105,6 +106,7 @@ if TYPE_CHECKING:  # what type checkers and editors see
         ParamScheduler,
         ProgressCallback,
         Recorder,
+        ValidPreds,
     )
     from convscope.callbacks.lr_find import LRFindResult
     from convscope.data import (

@@ -50,20 +50,27 @@ class Interpretation:
         dl = learn.dls.valid if dl is None else dl
         was_training = learn.model.training
         learn.model.eval()
-        preds, targs, probs, losses = [], [], [], []
         try:
-            for xb, yb in dl:
-                out = learn.model(xb).float()
-                p = out.softmax(dim=1)
-                conf, pred = p.max(dim=1)
-                preds.append(pred)
-                probs.append(conf)
-                targs.append(yb)
-                losses.append(F.cross_entropy(out, yb, reduction="none"))
+            outs, targs = zip(*[(learn.model(xb), yb) for xb, yb in dl], strict=True)
         finally:
             learn.model.train(was_training)
-        cat = [torch.cat(t).cpu() for t in (preds, targs, probs, losses)]
-        return cls(*cat, classes=list(learn.dls.classes), images=dl.x.cpu())
+        return cls.from_preds(torch.cat(outs), torch.cat(targs), list(learn.dls.classes),
+                              images=dl.x)
+
+    @classmethod
+    @torch.inference_mode()
+    def from_preds(cls, outs: Tensor, targs: Tensor, classes: list[str],
+                   images: Tensor | None = None) -> Interpretation:
+        """From a model's outputs (N, classes) and the targets (N,) of the same images, e.g.
+        those a ValidPreds callback kept from the last validation pass."""
+        if outs.ndim != 2 or len(outs) != len(targs):
+            raise UsageError(f"Expected outputs (N, classes) and targets (N,). Received: "
+                             f"{tuple(outs.shape)} and {tuple(targs.shape)}.")
+        out = outs.float()
+        conf, pred = out.softmax(dim=1).max(dim=1)
+        losses = F.cross_entropy(out, targs, reduction="none")
+        return cls(*(t.cpu() for t in (pred, targs, conf, losses)), classes=list(classes),
+                   images=None if images is None else images.cpu())
 
     def __len__(self) -> int:
         return len(self.targs)

@@ -297,7 +297,7 @@ def _result_of(run_dir: Path) -> TrainResult:
 
 def _train(cfg: TrainConfig, log, resume: bool, info, main: bool, run_dir: Path,
            phase: list[str], restart: tuple[int, int]) -> TrainResult:
-    from convscope.callbacks import CheckpointCallback, GracefulStop
+    from convscope.callbacks import CheckpointCallback, GracefulStop, ValidPreds
     from convscope.distributed import Distributed, same_everywhere
     from convscope.precision import describe
 
@@ -318,6 +318,7 @@ def _train(cfg: TrainConfig, log, resume: bool, info, main: bool, run_dir: Path,
         learn.add_cb(Distributed(info, sync_bn=cfg.sync_bn))
     if main:
         learn.add_cb(CheckpointCallback(checkpoint, every_batches=cfg.checkpoint_every))
+        learn.add_cb(ValidPreds())
     if info is None:  # several processes would stop at different batches
         learn.add_cb(GracefulStop())
     pos = same_everywhere(checkpoint_position(run_dir) if resume and main else None)
@@ -396,7 +397,13 @@ def write_outputs(learn: Learner, cfg: TrainConfig, run_dir: Path, accuracy: flo
     gradients = getattr(learn, "gradient_stats", None)
     if gradients is not None:
         gradients.save(run_dir / "gradient_stats.safetensors")
-    Interpretation.from_learner(learn).save(run_dir / "interpretation.safetensors")
+    kept = getattr(learn, "valid_preds", None)
+    if kept is not None and kept.complete():  # the last validation saw the final model
+        it = Interpretation.from_preds(kept.preds, kept.targs, learn.dls.classes,
+                                       images=learn.dls.valid.x)
+    else:  # outputs written without training (a resumed, finished run), or a shard's share
+        it = Interpretation.from_learner(learn)
+    it.save(run_dir / "interpretation.safetensors")
     augment = getattr(learn, "batch_augment", None)
     learn.dls.show_batch(save=run_dir / "show_batch.png",
                          tfm=augment.apply if augment is not None else None)

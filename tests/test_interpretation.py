@@ -4,10 +4,10 @@ layer."""
 import warnings
 
 import torch
-from conftest import stripes
+from conftest import stripes, write_idx_folder
 from torch import nn
 
-from convscope.callbacks import GradientStats
+from convscope.callbacks import GradientStats, ValidPreds
 from convscope.cli import main
 from convscope.data import DataLoaders
 from convscope.diagnosis import diagnose
@@ -53,6 +53,48 @@ def test_interpretation_saves_and_loads_with_its_top_loss_images(tmp_path):
     assert torch.equal(back.confusion_matrix(), it.confusion_matrix())
     assert back.top_losses(5) == it.top_losses(5)
     assert len(back.plot_top_losses(5).axes) >= 5
+
+
+def test_the_last_validation_pass_gives_the_same_interpretation_as_a_new_pass():
+    torch.manual_seed(0)
+    learn = Learner(DataLoaders.from_data(stripes(256, 100), bs=32), simple_cnn(n_classes=4),
+                    cbs=[ValidPreds()], progress=False)
+    assert not learn.valid_preds.complete()  # nothing validated yet
+    learn.fit(1, 1e-2)
+    kept = learn.valid_preds
+    assert kept.complete() and kept.preds.shape == (100, 4)
+    again = Interpretation.from_learner(learn)
+    it = Interpretation.from_preds(kept.preds, kept.targs, learn.dls.classes,
+                                   images=learn.dls.valid.x)
+    assert torch.equal(it.preds, again.preds) and torch.equal(it.targs, again.targs)
+    assert torch.allclose(it.losses, again.losses, atol=1e-5)
+    assert torch.equal(it.images, again.images)
+    learn.validate()  # a pass outside fit leaves the kept outputs alone
+    assert kept.complete()
+
+
+def test_a_run_writes_its_interpretation_without_another_pass_over_the_valid_set(
+        tmp_path, monkeypatch):
+    """A run's outputs read the last validation's outputs (ValidPreds) instead of running the
+    valid set again; a finished run whose outputs were cut short has no kept outputs and
+    makes the pass."""
+    from convscope.recipe import TrainConfig, run_training
+
+    passes = []
+    real = Interpretation.from_learner.__func__
+    monkeypatch.setattr(Interpretation, "from_learner", classmethod(
+        lambda cls, learn, dl=None: passes.append(1) or real(cls, learn, dl)))
+    write_idx_folder(tmp_path / "data", n_train=64, n_valid=30, size=16)
+    cfg = TrainConfig(data=str(tmp_path / "data"), epochs=1, bs=16, out=str(tmp_path / "r"),
+                      stats=False)
+    run_training(cfg, log=lambda *a: None)
+    kept = Interpretation.load(tmp_path / "r" / "interpretation.safetensors")
+    assert passes == [] and len(kept) == 30
+    (tmp_path / "r" / "interpretation.safetensors").unlink()
+    (tmp_path / "r" / "report.html").unlink()
+    run_training(cfg, log=lambda *a: None, resume=True)
+    again = Interpretation.load(tmp_path / "r" / "interpretation.safetensors")
+    assert passes == [1] and torch.equal(again.preds, kept.preds)
 
 
 class ShrinkGrads(Callback):
@@ -108,7 +150,8 @@ def test_gradient_stats_record_every_step_and_resume(tmp_path):
 def test_tiny_runs_are_not_called_healthy_and_print_no_library_warning(tmp_path, capsys):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a library warning would fail the run
-        assert main(["train", "--subset", "5", "--out", str(tmp_path / "five")]) == 0
+        assert main(["train", "--subset", "5", "--epochs", "3", "--out",
+                     str(tmp_path / "five")]) == 0
     out, err = capsys.readouterr()
     assert "Warning" not in err and "looks healthy" not in out
     assert "Only 3 training steps were taken: too few to judge" in out

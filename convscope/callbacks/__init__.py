@@ -11,10 +11,11 @@ from convscope.callbacks.mixed_precision import MixedPrecision
 from convscope.callbacks.progress import ProgressCallback
 from convscope.callbacks.recorder import History, Recorder
 from convscope.callbacks.schedule import ParamScheduler, one_cycle, one_cycle_scheduler
+from convscope.callbacks.valid_preds import ValidPreds
 
 __all__ = [
     "ActivationStats", "BatchAugment", "ChannelsLast", "CheckpointCallback", "DivergenceGuard",
     "GracefulStop", "GradientStats", "History", "MixedPrecision", "ParamScheduler",
     "ProgressCallback", "Recorder",
-    "TrainingDivergedError", "one_cycle", "one_cycle_scheduler",
+    "TrainingDivergedError", "ValidPreds", "one_cycle", "one_cycle_scheduler",
 ]
