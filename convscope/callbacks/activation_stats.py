@@ -14,8 +14,6 @@ Cheap enough to leave on:
   they are copied to the CPU in one go at the end of each epoch, never synced per batch.
 - Memory: per hooked layer and recorded batch, 3 + `bins` float32 values: with 40 bins,
   172 bytes, so 1,000 batches of a 5-layer model take 860 KB. `every=N` records one batch in N.
-  The samples of up to 32 batches wait in a buffer (5.2 MB for 5 layers) and are summarised
-  together: a batch then costs three small tensor ops per layer.
 
 Histograms never drop values: each layer's range is fixed at its first recorded batch to
 [0, hist_max] when that batch has no negative activations (a ReLU's output), else to
@@ -82,7 +80,6 @@ class ActivationStats(Callback):
 
     order = 40
     run_in_lr_find = False
-    chunk = 32  # sampled batches summarised together (a buffer of chunk x layers x sample)
 
     def __init__(self, modules: list[nn.Module] | None = None,
                  filter: Callable[[str, nn.Module], bool] | None = None, every: int = 1,
@@ -132,11 +129,11 @@ class ActivationStats(Callback):
         self._lo = torch.zeros(n, 1, device=device)
         self._scale = torch.zeros(n, 1, device=device)
         self._ranges: list[tuple[float, float] | None] = [None] * n
-        if self.sample is not None:  # samples of the batches not summarised yet
-            self._raw = torch.zeros(min(self.chunk, capacity), n, self.sample, device=device)
+        self._offsets = torch.arange(n, device=device).view(n, 1) * (self.bins + 1)
+        if self.sample is not None:
+            self._buf = torch.zeros(n, self.sample, device=device)
         self._gen = torch.Generator(device=device).manual_seed(self.seed)
-        self._count = 0  # records summarised into _stats and _hists
-        self._held = 0  # records sampled into _raw, waiting to be summarised
+        self._count = 0
         self._pending = False
         self.batches, self.stats, self.hists, self.ranges = [], [], [], []
         self._handles = [m.register_forward_hook(self._hook(i)) for i, (_, m) in
@@ -157,66 +154,45 @@ class ActivationStats(Callback):
             with torch.no_grad():
                 flat = _flat(x.detach())
                 if self.sample is None:  # exact: every value, one layer at a time
-                    self._summarise(flat.float().view(1, 1, -1), [i])
-                else:  # a uniform sample (with replacement) into this layer's row
+                    self._summarise(flat.float().unsqueeze(0), [i])
+                else:  # a uniform sample (with replacement) into this layer's buffer row
                     idx = torch.randint(flat.numel(), (self.sample,), generator=self._gen,
                                         device=flat.device)
-                    self._raw[self._held, i] = flat[idx]
+                    self._buf[i] = flat[idx]
         return hook
 
     def _summarise(self, v: Tensor, layers: list[int] | slice) -> None:
-        """Statistics of values v (records, layers, S) into the rows from `_count` on.
+        """Statistics of values v (n_layers, S) into this batch's row, all layers at once.
 
-        One call covers many records and layers: a record's statistics do not depend on the
-        others summarised with it, so summarising `chunk` sampled batches at once gives what
-        one at a time would, for a twentieth of the small tensor ops per batch. `layers` is a
-        slice when every layer is summarised together (the sampled path), so that the
-        per-layer tensors are read and written as views, not gathered."""
+        `layers` is a slice when every layer is summarised together (the sampled path), so
+        that the per-layer tensors are read and written as views, not gathered."""
         ids = range(len(self.layer_names))[layers] if isinstance(layers, slice) else layers
-        if any(self._ranges[i] is None for i in ids):  # one sync, on the first record only
-            negative = (v[0] < 0).any(dim=-1).tolist()
+        if any(self._ranges[i] is None for i in ids):  # one sync, on the first batch only
+            negative = (v < 0).any(dim=1).tolist()
             for i, neg in zip(ids, negative, strict=True):
                 if self._ranges[i] is None:
                     lo = -self.hist_max if neg else 0.0
                     self._ranges[i] = (lo, self.hist_max)
                     self._lo[i] = lo
                     self._scale[i] = self.bins / (self.hist_max - lo)
-        k, n = v.shape[0], len(ids)
-        rows = slice(self._count, self._count + k)
-        # two passes (mean, then the mean squared deviation): 16x faster than var_mean's
-        # one-pass algorithm on CPU, and as exact in float32 since the mean is removed first
-        mean = v.mean(dim=-1, keepdim=True)
-        std = (v - mean).square_().mean(dim=-1).sqrt_()  # (records, layers)
-        near = (v.abs() <= self.zero_thresh).float().mean(dim=-1)
-        self._stats[layers, rows] = torch.stack([mean.squeeze(-1), std, near], dim=-1
-                                                ).transpose(0, 1)
-        lo, scale = self._lo[layers].view(1, n, 1), self._scale[layers].view(1, n, 1)
-        bins = ((v - lo) * scale).clamp_(0, self.bins - 1)
+        row, n = self._count, len(ids)
+        var, mean = torch.var_mean(v, dim=1, correction=0)
+        near = (v.abs() <= self.zero_thresh).float().mean(dim=1)
+        self._stats[layers, row] = torch.stack([mean, var.sqrt(), near], dim=1)
+        bins = ((v - self._lo[layers]) * self._scale[layers]).clamp_(0, self.bins - 1)
         # +-inf land in the end bins; NaN belongs in none: counted in an extra bin, dropped
-        offsets = torch.arange(k * n, device=v.device).view(k, n, 1) * (self.bins + 1)
-        bins = bins.nan_to_num_(nan=self.bins).long() + offsets
-        counts = torch.bincount(bins.view(-1), minlength=k * n * (self.bins + 1))
-        self._hists[layers, rows] = counts.view(k, n, self.bins + 1)[..., :self.bins].float(
-            ).transpose(0, 1)
-
-    def _flush(self) -> None:
-        """Summarise the sampled records still held."""
-        if self._held:
-            self._summarise(self._raw[:self._held], slice(None))
-            self._count += self._held
-            self._held = 0
+        bins = bins.nan_to_num_(nan=self.bins).long() + self._offsets[:n]
+        counts = torch.bincount(bins.view(-1), minlength=n * (self.bins + 1))
+        self._hists[layers, row] = counts.view(n, self.bins + 1)[:, :self.bins].float()
 
     def after_pred(self) -> None:
         # the hooks have run by now: count the batch here, not in after_batch, which a
         # CancelFitException or an error later in the batch would skip
         if self._pending:
+            if self.sample is not None:
+                self._summarise(self._buf, slice(None))
             self.batches.append(self.learn.train_iter)
-            if self.sample is None:
-                self._count += 1
-            else:
-                self._held += 1
-                if self._held == len(self._raw):
-                    self._flush()
+            self._count += 1
             self._pending = False
 
     def after_epoch(self) -> None:
@@ -231,7 +207,6 @@ class ActivationStats(Callback):
 
     def _collect(self) -> None:
         """Copy what was recorded to the CPU, in one transfer per tensor."""
-        self._flush()
         n = self._count
         stats, hists = self._stats[:, :n].cpu(), self._hists[:, :n].cpu()
         self.stats = list(stats.unbind(0))
@@ -244,7 +219,6 @@ class ActivationStats(Callback):
         resumed from a checkpoint then ends with the records an uninterrupted one has, tensor
         for tensor. Reads the device once (at a checkpoint, not per batch)."""
         if self._handles:  # during a fit: the records live in the preallocated buffers
-            self._flush()
             n = self._count
             return {"layer_names": list(self.layer_names), "batches": list(self.batches),
                     "ranges": list(self._ranges), "stats": self._stats[:, :n].cpu(),
@@ -276,7 +250,7 @@ class ActivationStats(Callback):
                              f"records ({self._stats.shape[1]}): resume with the same length.")
         self._stats[:, :n] = stats.to(self._stats.device)
         self._hists[:, :n] = hists.to(self._hists.device)
-        self._count, self._held, self.batches = n, 0, batches
+        self._count, self.batches = n, batches
         for i, r in enumerate(ranges):
             self._ranges[i] = r
             if r is not None:
