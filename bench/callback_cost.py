@@ -1,9 +1,10 @@
 """What a statistics callback costs: time per epoch with it over time without it.
 
-The book's final model (simple_cnn with batchnorm, channels_last) on full MNIST, bs 512,
-one-epoch fit_one_cycle runs alternating with and without the callback in this one process, so
-both see the same machine state. Prints each run and the ratio of the medians, for wall time
-and for the process's CPU time (which a virtual machine's steal time does not inflate).
+The book's final model (simple_cnn with batchnorm, channels_last) on full MNIST at the default
+recipe's batch size (256; `--bs`), one-epoch fit_one_cycle runs alternating with and without
+the callback in this one process, so both see the same machine state. Prints each run and the
+ratio of the medians, for wall time and for the process's CPU time (which a virtual machine's
+steal time does not inflate).
 Targets: ActivationStats <= 1.10, GradientStats < 1.05.
 
     .venv/bin/python bench/callback_cost.py --callback ActivationStats [--sample 8192]
@@ -26,6 +27,7 @@ from convscope import (
     DataLoaders,
     GradientStats,
     Learner,
+    defaults,
     mnist,
     simple_cnn,
 )
@@ -55,6 +57,7 @@ def main() -> None:
                         help="ActivationStats: 0 for exact statistics")
     parser.add_argument("--every", type=int, default=1, help="record one batch in N")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--bs", type=int, default=defaults.BS, help="training batch size")
     args = parser.parse_args()
 
     def make():
@@ -62,7 +65,7 @@ def main() -> None:
             return GradientStats(every=args.every)
         return ActivationStats(sample=args.sample or None, every=args.every)
 
-    dls = DataLoaders.from_data(mnist(), bs=512, device=args.device)
+    dls = DataLoaders.from_data(mnist(), bs=args.bs, device=args.device)
     epoch_time(dls, None)  # warm-up: oneDNN picks its kernels on the first batches
     without, with_cb = [], []
     for i in range(args.repeats):
@@ -71,7 +74,8 @@ def main() -> None:
         print(f"repeat {i}: without {without[-1][0]:.2f}s wall / {without[-1][1]:.2f}s CPU, "
               f"with {with_cb[-1][0]:.2f}s wall / {with_cb[-1][1]:.2f}s CPU", flush=True)
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} threads, torch "
-          f"{torch.__version__}, device {args.device}; {args.callback}, every={args.every}")
+          f"{torch.__version__}, device {args.device}, bs {args.bs}; {args.callback}, "
+          f"every={args.every}")
     for k, what in enumerate(("wall", "CPU")):
         a = statistics.median(t[k] for t in without)
         b = statistics.median(t[k] for t in with_cb)

@@ -1,14 +1,15 @@
 """Where a training step's time goes, and how close an epoch comes to the machine's ceiling.
 
 1. The ceiling: a 2048 x 2048 matmul's GFLOP/s in fp32 and bf16 on this machine's threads.
-2. An epoch of the default recipe (simple_cnn, bs 512, channels_last, fit_one_cycle) timed, and
+2. An epoch of simple_cnn at the default recipe's batch size (256; `--bs`), channels_last,
+   fit_one_cycle, no statistics callbacks, timed, and
    its useful work (forward MACs from the model summary x 2 FLOPs x 3 for forward and
    backward, per image) as a fraction of the fp32 and bf16 ceilings.
 3. torch.profiler over 30 training steps, CPU time grouped by what it is: convolution,
    batchnorm, ReLU, the optimizer step, the data (indexing and normalising a batch), the loss,
    and the rest, per step and as shares.
 
-    .venv/bin/python bench/step_profile.py [--steps 30]
+    .venv/bin/python bench/step_profile.py [--steps 30] [--bs 256]
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import time
 
 import torch
 
-from convscope import ChannelsLast, DataLoaders, Learner, mnist, simple_cnn
+from convscope import ChannelsLast, DataLoaders, Learner, defaults, mnist, simple_cnn
 from convscope.model_summary import summary
 
 CATEGORIES = (  # (category, substrings of aten op names), first match wins
@@ -51,12 +52,13 @@ def category(name: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--bs", type=int, default=defaults.BS, help="training batch size")
     args = parser.parse_args()
     fp32, bf16 = ceiling(torch.float32), ceiling(torch.bfloat16)
     print(f"matmul 2048^2, {torch.get_num_threads()} threads: fp32 {fp32:.0f} GFLOP/s, bf16 "
           f"{bf16:.0f} GFLOP/s")
     data = mnist()
-    dls = DataLoaders.from_data(data, bs=512)
+    dls = DataLoaders.from_data(data, bs=args.bs)
     macs = summary(simple_cnn(), (1, 28, 28)).total_macs
     flops_per_image = 2 * macs * 3
     epoch_flops = flops_per_image * len(data.y_train)
@@ -93,7 +95,8 @@ def main() -> None:
             c = category(evt.key)
             totals[c] = totals.get(c, 0.0) + evt.self_cpu_time_total / 1e3  # ms
     whole = sum(totals.values())
-    print(f"per training step (self CPU time of aten ops over {steps} steps, ms per step):")
+    print(f"per training step at bs {args.bs} (self CPU time of aten ops over {steps} steps, "
+          f"ms per step):")
     for c, ms in sorted(totals.items(), key=lambda kv: -kv[1]):
         print(f"  {c:<12} {ms / steps:7.2f} ms  {ms / whole:6.1%}")
 
