@@ -73,6 +73,13 @@ def add_options(parser: argparse.ArgumentParser, names: Sequence[str],
         parser.add_argument(o.flag, **kw)
 
 
+def _add_image(parser: argparse.ArgumentParser) -> None:
+    """IMAGE and --index, shared by the commands that work on one image."""
+    parser.add_argument("image", nargs="?", help="an image file (default: an MNIST digit)")
+    parser.add_argument("--index", type=non_negative_int, default=0,
+                        help="which MNIST training digit when no IMAGE is given (default: 0)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="convscope", description="Build, train and look inside CNNs "
                      "(chapter 13 of the fastai book).")
@@ -106,10 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Filter an image with a named 3x3 kernel (colour images: "
                        "one kernel per channel, summed) and write <kernel>.png and a grid of "
                        "the image under every named kernel, kernels.png.")
-    k.add_argument("image", nargs="?", help="an image file (default: an MNIST digit)")
+    _add_image(k)
     k.add_argument("--kernel", default="top_edge", help="default: top_edge")
-    k.add_argument("--index", type=non_negative_int, default=0,
-                   help="which MNIST training digit when no IMAGE is given (default: 0)")
     k.add_argument("--out", metavar="DIR", default="runs/kernel",
                    help="folder for the PNGs (default: runs/kernel)")
     k.set_defaults(func=_kernel)
@@ -118,9 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Write an .xlsx workbook: a digit as cells, two 3x3 "
                         "kernels and their outputs as live formulas, a second layer over both; "
                         "trace precedents on any activation to see its receptive field.")
-    cs.add_argument("image", nargs="?", help="an image file (default: an MNIST digit)")
-    cs.add_argument("--index", type=non_negative_int, default=0,
-                    help="which MNIST training digit when no IMAGE is given (default: 0)")
+    _add_image(cs)
     cs.add_argument("--kernel", nargs="+", metavar="NAME",
                     help="layer 1's kernels (default: top_edge left_edge)")
     cs.add_argument("--out", metavar="FILE.xlsx", default="runs/conv-example.xlsx",
@@ -133,9 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "activation to outline its receptive field (trace precedents), or an "
                        "input pixel to outline what it reaches (trace dependents).")
     e.add_argument("run_dir", metavar="RUN_DIR")
-    e.add_argument("image", nargs="?", help="an image file (default: an MNIST digit)")
-    e.add_argument("--index", type=non_negative_int, default=0,
-                   help="which MNIST training digit when no IMAGE is given (default: 0)")
+    _add_image(e)
     e.add_argument("--out", metavar="FILE.html", help="default: RUN_DIR/explore.html")
     e.set_defaults(func=_explore)
 

@@ -43,19 +43,12 @@ class Interpretation:
     images: Tensor | None = field(default=None, repr=False)
 
     @classmethod
-    @torch.inference_mode()
     def from_learner(cls, learn, dl=None) -> Interpretation:
         """One pass over `dl` (the valid set by default) with the model in eval mode, on its
-        device; one copy to the CPU at the end."""
+        device (`learn.get_preds`); one copy to the CPU at the end."""
         dl = learn.dls.valid if dl is None else dl
-        was_training = learn.model.training
-        learn.model.eval()
-        try:
-            outs, targs = zip(*[(learn.model(xb), yb) for xb, yb in dl], strict=True)
-        finally:
-            learn.model.train(was_training)
-        return cls.from_preds(torch.cat(outs), torch.cat(targs), list(learn.dls.classes),
-                              images=dl.x)
+        outs, targs = learn.get_preds(dl)
+        return cls.from_preds(outs, targs, list(learn.dls.classes), images=dl.x)
 
     @classmethod
     @torch.inference_mode()
