@@ -15,6 +15,7 @@ unless OMP_NUM_THREADS is set.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
 import uuid
@@ -148,11 +149,13 @@ def launch(spec: Launch, argv: list[str], run_dir: str | Path) -> int:
 
 def failed_message(error, spec: Launch, run_dir: str | Path) -> str:
     """What a failed group kept, and the command that continues it."""
-    # The root cause, not a process that stopped because its peer had (PeerLost): torch's
-    # first failure goes by timestamps of one-second resolution, and a process that has just
-    # lost its peer often exits within the second its peer died.
+    # The root cause, not a process that stopped because its peer had (PeerLost) or that the
+    # launcher itself stopped with SIGTERM when it tore the group down: torch's first failure
+    # goes by timestamps of one-second resolution, and those exit within the second the root
+    # cause did.
+    consequences = (PeerLost.exit_code, -signal.SIGTERM)
     causes = {r: f for r, f in error.failures.items()
-              if f.exitcode != PeerLost.exit_code} or error.failures
+              if f.exitcode not in consequences} or error.failures
     rank = min(causes, key=lambda r: (causes[r].timestamp, r))
     failure = causes[rank]
     how = (f"killed by signal {-failure.exitcode}" if failure.exitcode < 0

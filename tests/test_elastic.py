@@ -3,6 +3,7 @@ checkpoint, two agents as two machines train as one, and failures say what happe
 process is bounded in time and ended by the test."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -83,6 +84,24 @@ def test_a_killed_worker_costs_one_checkpoint(reference, tmp_path):
     assert stats["batches"].tolist() == ref_stats["batches"].tolist() == list(range(36))
     for k in ref_stats:
         assert torch.equal(ref_stats[k], stats[k]), k
+
+
+def test_the_failure_named_is_the_root_cause(tmp_path):
+    """Not a process that lost its peer (exit 4) or that the launcher stopped with SIGTERM,
+    although torch's timestamps (one-second resolution) may put those first."""
+    from types import SimpleNamespace as Obj
+
+    from convscope.errors import PeerLost
+    from convscope.launch import Launch, failed_message
+
+    def named(**codes):
+        failures = {int(r[1:]): Obj(exitcode=c, timestamp=100) for r, c in codes.items()}
+        return failed_message(Obj(failures=failures), Launch(nproc=3), tmp_path)
+
+    assert "process 1 stopped (killed by signal 9)" in named(
+        r0=-signal.SIGTERM, r1=-signal.SIGKILL, r2=PeerLost.exit_code)
+    assert "process 2 stopped (exit code 1)" in named(r0=PeerLost.exit_code, r1=-15, r2=1)
+    assert "process 0 stopped (killed by signal 15)" in named(r0=-15, r1=PeerLost.exit_code)
 
 
 def test_restarts_used_up_keep_the_checkpoint_and_say_how_to_continue(tmp_path):
