@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from convscope import batchnorm
 from convscope.errors import UsageError
 
 
@@ -40,7 +41,7 @@ def conv(ni: int, nf: int, ks: int = 3, stride: int = 2, act: bool = True,
                          f"Received: ks={ks}.")
     layers: list[nn.Module] = [nn.Conv2d(ni, nf, ks, stride=stride, padding=ks // 2, bias=not bn)]
     if bn:
-        layers.append(nn.BatchNorm2d(nf))
+        layers.append(batchnorm.BatchNorm2d(nf))
     if act:
         layers.append(nn.ReLU())
     return nn.Sequential(*layers)
