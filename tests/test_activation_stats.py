@@ -72,6 +72,39 @@ def test_sampled_stats_are_close_to_exact():
         assert diff[:, 0].max() < 0.1 * scale + 1e-3
 
 
+@pytest.mark.parametrize("shape", [(64, 8, 14, 14), (64, 64, 2, 2), (16, 10, 1, 1)])
+def test_the_sample_gives_every_value_the_same_chance(shape):
+    """Positions (a tensor's values are its flat indices) over many batches: each is drawn
+    equally often, distinct within a sample, and every channel as often as another, also when
+    the stride would otherwise divide the channels (64 x 2 x 2) or the layer is smaller than
+    the sample (16 x 10)."""
+    stats = ActivationStats(sample=512)
+    stats._gen = torch.Generator().manual_seed(0)
+    stats._steps = torch.arange(512)
+    x = torch.arange(math.prod(shape), dtype=torch.float32).view(shape)
+    x = x.contiguous(memory_format=torch.channels_last)  # flat order: channel fastest
+    flat = x.permute(0, 2, 3, 1).reshape(-1)
+    size, draws = flat.numel(), 400
+    row = torch.empty(512)
+    counts = torch.zeros(size)
+    for _ in range(draws):
+        stats._sample_into(row, flat, shape[0])
+        pos = row.long()
+        if size >= 512:
+            assert pos.unique().numel() == 512
+        counts += torch.bincount(pos, minlength=size)
+    expected = draws * 512 / size
+    if size < 512:
+        assert counts.min() >= draws * (512 // size)
+    # each position is drawn Binomial(draws, p) times (over 512 // size each time when the
+    # layer is smaller): within 5 standard deviations
+    p = (512 % size) / size if size < 512 else 512 / size
+    sd = math.sqrt(draws * p * (1 - p))
+    assert (counts - expected).abs().max() <= 5 * sd + 1
+    channel = torch.bincount(flat.long() % shape[1], weights=counts)
+    assert (channel / channel.mean() - 1).abs().max() < 0.05
+
+
 def test_histograms_drop_nothing():
     """Values beyond the range land in the end bins: every sampled value is counted."""
 
