@@ -7,7 +7,8 @@
    backward, per image) as a fraction of the fp32 and bf16 ceilings.
 3. torch.profiler over 30 training steps, CPU time grouped by what it is: convolution,
    batchnorm, ReLU, the optimizer step, the data (indexing and normalising a batch), the loss,
-   and the rest, per step and as shares.
+   and the rest, per step and as shares. An op counts as what the nearest event around it is
+   (the ops inside convscope's BatchNorm2d count as batchnorm), else as what its name says.
 
     .venv/bin/python bench/step_profile.py [--steps 30] [--bs 256]
 """
@@ -23,11 +24,11 @@ import torch
 from convscope import ChannelsLast, DataLoaders, Learner, defaults, mnist, simple_cnn
 from convscope.model_summary import summary
 
-CATEGORIES = (  # (category, substrings of aten op names), first match wins
+CATEGORIES = (  # (category, substrings of op and event names), first match wins
     ("convolution", ("convolution", "conv2d", "mkldnn_conv")),
-    ("batchnorm", ("batch_norm",)),
+    ("batchnorm", ("batch_norm", "batchstatsnorm")),
     ("ReLU", ("relu", "threshold")),
-    ("optimizer", ("_foreach", "lerp", "addcdiv", "addcmul_")),
+    ("optimizer", ("_foreach", "lerp", "addcdiv", "addcmul_", "optimizer.step")),
     ("data", ("index", "randperm", "addcmul", "to_copy", "_to_copy")),
     ("loss", ("log_softmax", "nll_loss", "cross_entropy")),
 )
@@ -47,6 +48,19 @@ def ceiling(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
 def category(name: str) -> str:
     low = name.lower()
     return next((c for c, keys in CATEGORIES if any(k in low for k in keys)), "other")
+
+
+def event_category(evt) -> str:
+    """The category of the nearest event around an op that has one, else the op's own: the
+    ops inside convscope's BatchNorm2d (an autograd Function, forward and backward) count as
+    batchnorm, those of an optimizer step as the optimizer, whatever their names."""
+    outer = evt.cpu_parent
+    while outer is not None:
+        c = category(outer.name)
+        if c != "other":
+            return c
+        outer = outer.cpu_parent
+    return category(evt.name)
 
 
 def main() -> None:
@@ -90,9 +104,9 @@ def main() -> None:
         learn.fit(1, 1e-3, cbs=[Stop()])
     steps = 5 + args.steps
     totals: dict[str, float] = {}
-    for evt in prof.key_averages():
-        if evt.key.startswith("aten::") or evt.key.startswith("mkldnn"):
-            c = category(evt.key)
+    for evt in prof.events():
+        if evt.name.startswith("aten::") or evt.name.startswith("mkldnn"):
+            c = event_category(evt)
             totals[c] = totals.get(c, 0.0) + evt.self_cpu_time_total / 1e3  # ms
     whole = sum(totals.values())
     print(f"per training step at bs {args.bs} (self CPU time of aten ops over {steps} steps, "
