@@ -147,6 +147,38 @@ def test_gradient_stats_record_every_step_and_resume(tmp_path):
     assert torch.equal(fresh.gradient_stats.records, learn.gradient_stats.records)
 
 
+class Direct(Callback):
+    """Per layer, the norms GradientStats records, computed the plain way."""
+
+    order = 90  # after GradientStats' after_backward and after_step
+
+    def before_fit(self):
+        from convscope.callbacks.gradient_stats import parameter_layers
+
+        self.layers = [ps for _, _, ps in parameter_layers(self.learn.model)]
+        self.rows = []
+
+    def after_backward(self):
+        self.before = [[p.detach().clone() for p in ps] for ps in self.layers]
+        self.grads = [torch.cat([p.grad.flatten() for p in ps]).norm() for ps in self.layers]
+
+    def after_step(self):
+        row = []
+        for ps, before, grad in zip(self.layers, self.before, self.grads, strict=True):
+            w = torch.cat([b.flatten() for b in before])
+            moved = torch.cat([(p.detach() - b).flatten() for p, b in zip(ps, before,
+                                                                           strict=True)])
+            row.append([grad, w.norm(), moved.norm() / w.norm()])
+        self.rows.append(torch.tensor(row))
+
+
+def test_gradient_stats_equal_the_norms_computed_directly():
+    direct = Direct()
+    learn = run([direct])
+    want = torch.stack(direct.rows, dim=1)  # (layers, steps, 3)
+    torch.testing.assert_close(learn.gradient_stats.records, want, rtol=1e-4, atol=1e-7)
+
+
 def test_tiny_runs_are_not_called_healthy_and_print_no_library_warning(tmp_path, capsys):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a library warning would fail the run

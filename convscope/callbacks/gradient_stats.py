@@ -69,40 +69,41 @@ class GradientStats(Callback):
         device = learn.dls.device
         self._group = torch.tensor([g for g, (_, _, ps) in enumerate(layers) for _ in ps],
                                    device=device)
+        self._before = [torch.empty_like(p) for p in self._params]  # weights before a step
         capacity = -(-learn.total_iters // self.every)
         self._rec = torch.zeros(len(layers), capacity, 3, device=device)
         self._count, self._pending, self._fitting = 0, False, True
         self.batches = []
 
     def _per_layer(self, norms: list[Tensor]) -> Tensor:
-        """Per-parameter norms -> per-layer norms (the root of the summed squares)."""
-        sq = torch.stack(norms).float() ** 2
-        out = torch.zeros(len(self.layer_names), device=sq.device)
-        return out.index_add_(0, self._group, sq).sqrt_()
+        """Norms of k groups of all parameters (k x params, group after group) -> (k, layers)
+        per-layer norms (the root of the summed squares)."""
+        sq = torch.stack(norms).float().square_().view(-1, len(self._params))
+        out = torch.zeros(sq.shape[0], len(self.layer_names), device=sq.device)
+        return out.index_add_(1, self._group, sq).sqrt_()
 
     def after_backward(self) -> None:
         learn = self.learn
         self._pending = learn.training and learn.train_iter % self.every == 0
         if not self._pending:
             return
-        with torch.no_grad():
-            weights = [p.detach() for p in self._params]
+        with torch.no_grad():  # a few foreach ops over all parameters, no per-tensor op
             grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self._params]
-            self._grad = self._per_layer(torch._foreach_norm(grads))
-            self._weight = self._per_layer(torch._foreach_norm(weights))
-            self._before = [w.clone() for w in weights]
+            self._grad, self._weight = self._per_layer(
+                torch._foreach_norm(grads + self._params))
+            torch._foreach_copy_(self._before, self._params)
 
     def after_step(self) -> None:
         if not self._pending:
             return
         with torch.no_grad():
-            moved = torch._foreach_sub([p.detach() for p in self._params], self._before)
-            update = self._per_layer(torch._foreach_norm(moved))
+            torch._foreach_sub_(self._before, self._params)  # minus the update: same norm
+            update = self._per_layer(torch._foreach_norm(self._before))[0]
             ratio = update / self._weight.clamp_min(1e-12)
             self._rec[:, self._count] = torch.stack([self._grad, self._weight, ratio], dim=1)
         self.batches.append(self.learn.train_iter)
         self._count += 1
-        self._pending, self._before = False, None
+        self._pending = False
 
     def after_epoch(self) -> None:
         self._collect()
