@@ -138,7 +138,6 @@ class ActivationStats(Callback):
         self._offsets = torch.arange(n, device=device).view(n, 1) * (self.bins + 1)
         if self.sample is not None:
             self._buf = torch.zeros(n, self.sample, device=device)
-            self._steps = torch.arange(self.sample, device=device)
         self._gen = torch.Generator().manual_seed(self.seed)  # the samples' random starts
         self._count = 0
         self._pending = False
@@ -173,7 +172,7 @@ class ActivationStats(Callback):
         size, n = flat.numel(), self.sample
         start = int(torch.randint(size, (1,), generator=self._gen))
         if size < n:  # every value once or more, from the start round
-            row.copy_(flat[(self._steps + start) % size])
+            row.copy_(flat.repeat(-(-(start + n) // size))[start:start + n])
             return
         step, per_image = size // n, max(size // max(n_images, 1), 1)
         while math.gcd(step, per_image) != 1:
