@@ -71,7 +71,9 @@ class Thresholds:
     unstable_high: float = 0.9  # a layer "collapses" when its share goes above this
     unstable_low: float = 0.6  # ... and "recovers" when it comes back below this
     unstable_cycles: int = 2
-    spike: float = 3.0  # a batch loss this many times the median of the previous window
+    spike: float = 3.0  # a batch loss this many times the median of the previous window,
+    spike_min: float = 0.25  # ... and this much above it: at a loss of 0.03, one misread digit
+    # in a batch of 128 triples the batch's loss, which is noise, not a spike
     spike_window: int = 20
     rise: float = 1.1  # smoothed loss this many times its best so far, at lr >= half its max,
     rise_min: float = 0.1  # ... and at least this much higher (late noise on a tiny loss is not)
@@ -221,7 +223,7 @@ def loss_problems(losses: list[float], smooth: list[float], lrs: list[float],
     spikes = []
     for i in range(w, len(losses)):
         med = float(t[i - w:i].median())
-        if med > 0 and losses[i] > th.spike * med:
+        if med > 0 and losses[i] > th.spike * med and losses[i] - med >= th.spike_min:
             spikes.append((i, losses[i] / med))
     if not spikes and lrs and not any(f.kind == "diverged" for f in out):
         out += loss_rise(smooth, lrs, th)  # e.g. a short run's warmup, before a spike window
@@ -231,7 +233,7 @@ def loss_problems(losses: list[float], smooth: list[float], lrs: list[float],
         high = lr >= 0.5 * lr_max
         out.append(Finding(
             "warning", "loss_spike", f"{len(spikes)} batch(es) where the loss jumped to over "
-            f"{th.spike:g}x its recent median; the largest, {ratio:.3g}x at batch {i}, with lr "
+            f"{th.spike:g}x its recent median (and by {th.spike_min:g} or more); the largest, {ratio:.3g}x at batch {i}, with lr "
             f"{lr:.3g}" + (" (near the peak)." if high else "."),
             "The learning rate is too high for this point of training: lower lr_max."
             if high else "A bad batch or a sharp region of the loss: a lower learning rate or "

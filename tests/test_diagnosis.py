@@ -81,6 +81,21 @@ def test_loss_spike_when_lr_jumps():
     assert "at batch 42" in spike.message and "lower lr_max" in spike.suggestion
 
 
+def test_late_noise_on_a_tiny_loss_is_no_spike():
+    """Late in a healthy run at batch size 128 the loss is about 0.03, and a batch with a
+    digit or two wrong reads 0.1-0.18: over 3x the median, but no spike (measured on the
+    default recipe's run)."""
+    losses = [0.5 * 0.99 ** i + 0.03 for i in range(900)]
+    for i, v in ((594, 0.1795), (704, 0.1365), (820, 0.161), (851, 0.1565)):
+        losses[i] = v
+    lrs = [1e-2 * (1 - i / 900) for i in range(900)]
+    findings = diagnose(history=History(losses, losses, {"lr": [[x] for x in lrs]}))
+    assert not [f for f in findings if f.kind == "loss_spike"], findings
+    losses[820] = 0.4  # a jump of 0.37: flagged
+    findings = diagnose(history=History(losses, losses, {"lr": [[x] for x in lrs]}))
+    assert [f.batches for f in findings if f.kind == "loss_spike"] == [(820, 820)]
+
+
 def test_loss_rise_when_lr_max_is_far_too_high():
     """A short 1cycle run up to lr 10 (79% accuracy in the end, no NaN, no spike window
     filled): the smoothed loss climbs during the warmup, and the verdict says lr_max is too
