@@ -233,7 +233,8 @@ def loss_problems(losses: list[float], smooth: list[float], lrs: list[float],
         high = lr >= 0.5 * lr_max
         out.append(Finding(
             "warning", "loss_spike", f"{len(spikes)} batch(es) where the loss jumped to over "
-            f"{th.spike:g}x its recent median (and by {th.spike_min:g} or more); the largest, {ratio:.3g}x at batch {i}, with lr "
+            f"{th.spike:g}x its recent median (and by {th.spike_min:g} or more); the largest, "
+            f"{ratio:.3g}x at batch {i}, with lr "
             f"{lr:.3g}" + (" (near the peak)." if high else "."),
             "The learning rate is too high for this point of training: lower lr_max."
             if high else "A bad batch or a sharp region of the loss: a lower learning rate or "
