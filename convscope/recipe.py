@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from convscope import run_folder
+from convscope import defaults, run_folder
 from convscope.config import TrainConfig, resolve_device
 from convscope.data import DataLoaders, ImageData, idx_folder, missing_idx_files, mnist
 from convscope.errors import PeerLost, TrainingDivergedError, TrainingInterrupted, UsageError
@@ -119,6 +119,12 @@ class TrainResult:
     values: list[dict] = field(default_factory=list)
 
 
+def stats_every(bs: int) -> int:
+    """The recipe's statistics callbacks record one batch in this many: one per
+    `defaults.STATS_IMAGES` training images, every batch from that batch size up."""
+    return max(1, defaults.STATS_IMAGES // bs)
+
+
 def make_learner(data: ImageData, cfg: TrainConfig, progress: bool = True,
                  stats: bool | None = None) -> Learner:
     """The recipe's Learner: simple_cnn with batchnorm, AdamW, channels_last when asked."""
@@ -135,7 +141,8 @@ def make_learner(data: ImageData, cfg: TrainConfig, progress: bool = True,
     if cfg.precision != "fp32":
         cbs.append(MixedPrecision(cfg.precision))
     if cfg.stats if stats is None else stats:
-        cbs += [ActivationStats(seed=cfg.seed), GradientStats()]
+        every = stats_every(cfg.bs)
+        cbs += [ActivationStats(seed=cfg.seed, every=every), GradientStats(every=every)]
     return Learner(dls, model, lr=cfg.lr, cbs=cbs, progress=progress)
 
 
