@@ -6,7 +6,7 @@
 2. Per epoch: one epoch of fit_one_cycle at the default recipe's batch size with simple_cnn
    built with each, alternating, medians, and the ratio (convscope / torch).
 
-    .venv/bin/python bench/batchnorm.py [--bs 128] [--repeats 4]
+    .venv/bin/python bench/batchnorm.py [--bs 256] [--repeats 4]
 """
 
 from __future__ import annotations

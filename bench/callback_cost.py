@@ -1,7 +1,7 @@
 """What a statistics callback costs: time per epoch with it over time without it.
 
 The book's final model (simple_cnn with batchnorm, channels_last) on full MNIST at the default
-recipe's batch size (128; `--bs`), one-epoch fit_one_cycle runs alternating with and without
+recipe's batch size (256; `--bs`), one-epoch fit_one_cycle runs alternating with and without
 the callback in this one process, so both see the same machine state. Prints each run and the
 ratio of the medians, for wall time and for the process's CPU time (which a virtual machine's
 steal time does not inflate).

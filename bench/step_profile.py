@@ -1,7 +1,7 @@
 """Where a training step's time goes, and how close an epoch comes to the machine's ceiling.
 
 1. The ceiling: a 2048 x 2048 matmul's GFLOP/s in fp32 and bf16 on this machine's threads.
-2. An epoch of simple_cnn at the default recipe's batch size (128; `--bs`), channels_last,
+2. An epoch of simple_cnn at the default recipe's batch size (256; `--bs`), channels_last,
    fit_one_cycle, no statistics callbacks, timed, and
    its useful work (forward MACs from the model summary x 2 FLOPs x 3 for forward and
    backward, per image) as a fraction of the fp32 and bf16 ceilings.
@@ -10,7 +10,7 @@
    and the rest, per step and as shares. An op counts as what the nearest event around it is
    (the ops inside convscope's BatchNorm2d count as batchnorm), else as what its name says.
 
-    .venv/bin/python bench/step_profile.py [--steps 30] [--bs 128]
+    .venv/bin/python bench/step_profile.py [--steps 30] [--bs 256]
 """
 
 from __future__ import annotations

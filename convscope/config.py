@@ -122,6 +122,10 @@ class TrainConfig:
     stats: bool = option(
         True, flag="--no-stats", label="activation statistics",
         help="do not record ActivationStats (no layer diagnosis or plots)")
+    tta: bool = option(
+        True, flag="--no-tta", label="test-time augmentation",
+        help="report the final accuracy of the plain images only, not averaged with their "
+             "four 1-pixel shifts (test-time augmentation)")
     checkpoint_every: int | None = option(
         None, flag="--checkpoint-every", kind=int, check=lambda v: v >= 1,
         expected="an integer >= 1", metavar="N", label="checkpoint every",

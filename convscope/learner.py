@@ -320,6 +320,15 @@ class Learner:
             self.model.train(was_training)
         return torch.cat(preds), torch.cat(targs)
 
+    def tta(self, dl: DataLoader | None = None, shift: int = 1,
+            plain: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Test-time augmentation: probabilities averaged over each image of `dl` (the valid
+        set by default) and its four shifts by `shift` pixels, and the targets; `plain`: the
+        outputs on `dl` as it is, when at hand. See convscope.tta."""
+        from convscope.tta import tta
+
+        return tta(self, dl, shift=shift, plain=plain)
+
     def validate(self, dl: DataLoader | None = None) -> dict[str, float]:
         """Loss and metrics over a whole loader (the valid set by default)."""
         pred, targ = self.get_preds(dl)

@@ -373,13 +373,14 @@ def _train(cfg: TrainConfig, log, resume: bool, info, main: bool, run_dir: Path,
 
     with finish_before_stopping(note), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a library's warning is not the user's to read
-        write_outputs(learn, cfg, run_dir, accuracy, seconds, log)
+        accuracy = write_outputs(learn, cfg, run_dir, accuracy, seconds, log)
     return TrainResult(run_dir, accuracy, seconds, values)
 
 
 def write_outputs(learn: Learner, cfg: TrainConfig, run_dir: Path, accuracy: float,
-                  seconds: float, log) -> None:
-    """Everything a finished run writes besides its checkpoint, report.html last."""
+                  seconds: float, log) -> float:
+    """Everything a finished run writes besides its checkpoint, report.html last; returns the
+    accuracy it reports (with test-time augmentation when the run has it)."""
     # imported after training: matplotlib alone takes 0.5-0.8 s, which the first batch waited
     # for when these imports stood at the top
     from convscope import plots
@@ -388,6 +389,20 @@ def write_outputs(learn: Learner, cfg: TrainConfig, run_dir: Path, accuracy: flo
     from convscope.report import build_report
 
     learn.recorder.meta["held_out"] = held_out_name(cfg)
+    kept = getattr(learn, "valid_preds", None)
+    # the last validation saw the final model: its outputs serve; else (outputs written without
+    # training, a resumed finished run, or a shard's share) a pass is made
+    plain = kept.preds if kept is not None and kept.complete() else None
+    tta_line = ""
+    if cfg.tta:
+        start = time.perf_counter()
+        probs, targs = learn.tta(plain=plain)
+        tta_seconds = time.perf_counter() - start
+        without, accuracy = accuracy, float((probs.argmax(dim=1) == targs).float().mean())
+        learn.recorder.meta["tta"] = {"accuracy": accuracy, "without": without,
+                                      "views": 5, "seconds": round(tta_seconds, 3)}
+        tta_line = (f", with test-time augmentation ({without:.2%} without it; "
+                    f"{tta_seconds:.1f}s)")
     values = learn.recorder.values
     write_metrics_csv(run_dir / "metrics.csv", values)
     mean, std = learn.dls.stats
@@ -404,11 +419,13 @@ def write_outputs(learn: Learner, cfg: TrainConfig, run_dir: Path, accuracy: flo
     gradients = getattr(learn, "gradient_stats", None)
     if gradients is not None:
         gradients.save(run_dir / "gradient_stats.safetensors")
-    kept = getattr(learn, "valid_preds", None)
-    if kept is not None and kept.complete():  # the last validation saw the final model
-        it = Interpretation.from_preds(kept.preds, kept.targs, learn.dls.classes,
+    if cfg.tta:  # what the reported accuracy counts: the averaged probabilities
+        it = Interpretation.from_preds(probs.log(), targs, learn.dls.classes,
                                        images=learn.dls.valid.x)
-    else:  # outputs written without training (a resumed, finished run), or a shard's share
+    elif plain is not None:
+        it = Interpretation.from_preds(plain, kept.targs, learn.dls.classes,
+                                       images=learn.dls.valid.x)
+    else:
         it = Interpretation.from_learner(learn)
     it.save(run_dir / "interpretation.safetensors")
     augment = getattr(learn, "batch_augment", None)
@@ -418,8 +435,9 @@ def write_outputs(learn: Learner, cfg: TrainConfig, run_dir: Path, accuracy: flo
         plots.plot_loss(learn.recorder, save=run_dir / "loss.png")
         plots.plot_sched(learn.recorder, save=run_dir / "sched.png")
     log(f"{held_out_name(cfg)} accuracy: {accuracy:.2%} after {cfg.epochs} "
-        f"epoch{'s' if cfg.epochs != 1 else ''} in {seconds:.1f}s of training")
+        f"epoch{'s' if cfg.epochs != 1 else ''} in {seconds:.1f}s of training{tta_line}")
     for finding in diagnose(learn):
         log(f"diagnosis: {finding}")
     report = build_report(run_dir)
     log(f"run folder: {run_dir} (open {report.name})")
+    return accuracy

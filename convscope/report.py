@@ -212,8 +212,13 @@ def render(run: Run) -> str:
     last = run.values[-1] if run.values else {}
     n = len(run.values)
     held = run.history.meta.get("held_out", "valid")
+    tta = run.history.meta.get("tta")
     headline = (f"{held} accuracy {last['accuracy']:.2%} after {n} epoch{'s' if n != 1 else ''}"
                 if "accuracy" in last else "no epoch finished")
+    if tta and "accuracy" in last:
+        headline = (f"{held} accuracy {tta['accuracy']:.2%} with test-time augmentation "
+                    f"(the image and its four 1-pixel shifts averaged; {tta['without']:.2%} "
+                    f"without) after {n} epoch{'s' if n != 1 else ''}")
     run.summary = _summary(run)
     figs = Figures()
     out = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"

@@ -86,7 +86,7 @@ def test_a_run_writes_its_interpretation_without_another_pass_over_the_valid_set
         lambda cls, learn, dl=None: passes.append(1) or real(cls, learn, dl)))
     write_idx_folder(tmp_path / "data", n_train=64, n_valid=30, size=16)
     cfg = TrainConfig(data=str(tmp_path / "data"), epochs=1, bs=16, out=str(tmp_path / "r"),
-                      stats=False)
+                      stats=False, tta=False)
     run_training(cfg, log=lambda *a: None)
     kept = Interpretation.load(tmp_path / "r" / "interpretation.safetensors")
     assert passes == [] and len(kept) == 30
@@ -95,6 +95,38 @@ def test_a_run_writes_its_interpretation_without_another_pass_over_the_valid_set
     run_training(cfg, log=lambda *a: None, resume=True)
     again = Interpretation.load(tmp_path / "r" / "interpretation.safetensors")
     assert passes == [1] and torch.equal(again.preds, kept.preds)
+
+
+def test_a_run_reports_and_interprets_the_accuracy_with_test_time_augmentation(tmp_path):
+    """The accuracy printed, returned, in history.json and in the report's headline is the one
+    with test-time augmentation, the interpretation counts the same predictions, and the last
+    epoch's plain accuracy is given beside it; --no-tta leaves the plain one throughout."""
+    import csv
+    import json
+
+    from convscope.recipe import TrainConfig, run_training
+
+    write_idx_folder(tmp_path / "data", n_train=256, n_valid=60, size=16)
+    for tta in (True, False):
+        out, lines = tmp_path / f"r{tta}", []
+        cfg = TrainConfig(data=str(tmp_path / "data"), epochs=2, bs=32, out=str(out),
+                          stats=False, tta=tta)
+        result = run_training(cfg, log=lines.append)
+        plain = float(list(csv.DictReader((out / "metrics.csv").open()))[-1]["accuracy"])
+        meta = json.loads((out / "history.json").read_text())["meta"]
+        it = Interpretation.load(out / "interpretation.safetensors")
+        counted = float(it.confusion_matrix().diag().sum()) / len(it)
+        assert abs(counted - result.accuracy) < 1e-6
+        headline = (out / "report.html").read_text().split("</h1><p>")[1].split("</p>")[0]
+        said = next(x for x in lines if x.startswith("test accuracy:"))
+        if tta:
+            assert meta["tta"]["without"] == plain and meta["tta"]["accuracy"] == result.accuracy
+            assert f"test accuracy: {result.accuracy:.2%} after 2 epochs" in said
+            assert f"with test-time augmentation ({plain:.2%} without it" in said
+            assert f"test accuracy {result.accuracy:.2%} with test-time augmentation" in headline
+        else:
+            assert "tta" not in meta and result.accuracy == plain
+            assert "augmentation" not in said and "test-time" not in headline
 
 
 class ShrinkGrads(Callback):

@@ -1,0 +1,71 @@
+"""Test-time augmentation: a model's predictions averaged over shifted copies of each image.
+
+`tta(learn)` runs the model over the valid set as it is and shifted by `shift` pixels up, down,
+left and right (the vacated row or column repeats the edge, so nothing wraps round), and
+averages the five softmax outputs. A model that has seen digits at slightly different places
+is surer of the average than of any one view: on MNIST after the default recipe it adds 0.05
+to 0.2 points of test accuracy for four more forward passes over the test set (about a sixth
+of an epoch's time). As fastai's `learn.tta()`, it returns probabilities and targets.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from convscope.errors import UsageError
+
+VIEWS = 5  # the image and its four shifts
+
+
+def shifted(x: Tensor, dy: int, dx: int) -> Tensor:
+    """x (N, C, H, W) moved dy rows down and dx columns right, the edge repeated into the
+    vacated rows and columns."""
+    h, w = x.shape[-2:]
+    pad = (max(dx, 0), max(-dx, 0), max(dy, 0), max(-dy, 0))  # left, right, top, bottom
+    out = F.pad(x, pad, mode="replicate")
+    top, left = max(-dy, 0), max(-dx, 0)
+    return out[..., top:top + h, left:left + w]
+
+
+@torch.inference_mode()
+def tta(learn, dl=None, shift: int = 1, plain: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(probabilities (N, classes), targets (N,)) over `dl` (the valid set by default): the
+    mean of the model's softmax on each image and on its four shifts by `shift` pixels.
+
+    Args:
+        plain: the model's outputs (logits) on `dl` as it is, in order, when they are at hand
+            (a ValidPreds callback keeps the last validation's): saves that pass.
+    """
+    if shift < 1:
+        raise UsageError(f"tta: shift must be a whole number of pixels >= 1. Received: {shift}.")
+    dl = learn.dls.valid if dl is None else dl
+    n = len(dl.y) if hasattr(dl, "y") else None
+    if plain is not None and n is not None and len(plain) != n:
+        raise UsageError(f"tta: `plain` holds {len(plain)} outputs but the loader gives {n} "
+                         f"images; pass the outputs of this loader's images, in order.")
+    moves = [(shift, 0), (-shift, 0), (0, shift), (0, -shift)]
+    model = learn.model
+    was_training = model.training
+    model.eval()
+    probs, targs, seen = [], [], 0
+    try:
+        for xb, yb in dl:
+            if plain is not None:
+                p = plain[seen:seen + len(yb)].to(xb.device).float().softmax(dim=1)
+                if len(p) != len(yb):
+                    break
+            else:
+                p = model(xb).float().softmax(dim=1)
+            for dy, dx in moves:
+                p += model(shifted(xb, dy, dx)).float().softmax(dim=1)
+            probs.append(p / VIEWS)
+            targs.append(yb)
+            seen += len(yb)
+    finally:
+        model.train(was_training)
+    if plain is not None and seen != len(plain):  # a loader that does not say its length
+        raise UsageError(f"tta: `plain` holds {len(plain)} outputs but the loader gave {seen} "
+                         f"images; pass the outputs of this loader's images, in order.")
+    return torch.cat(probs), torch.cat(targs)
