@@ -85,22 +85,22 @@ class GradientStats(Callback):
     def after_backward(self) -> None:
         learn = self.learn
         self._pending = learn.training and learn.train_iter % self.every == 0
-        if not self._pending:
-            return
-        with torch.no_grad():  # a few foreach ops over all parameters, no per-tensor op
-            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self._params]
-            self._grad, self._weight = self._per_layer(
-                torch._foreach_norm(grads + self._params))
-            torch._foreach_copy_(self._before, self._params)
+        if self._pending:
+            with torch.no_grad():
+                torch._foreach_copy_(self._before, self._params)
 
     def after_step(self) -> None:
+        # the gradients are still there (zeroed after this event): a few foreach ops over all
+        # parameters and one per-layer sum for the three norms, no per-tensor op
         if not self._pending:
             return
         with torch.no_grad():
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self._params]
+            norms = torch._foreach_norm(grads + self._before)  # gradients, weights before
             torch._foreach_sub_(self._before, self._params)  # minus the update: same norm
-            update = self._per_layer(torch._foreach_norm(self._before))[0]
-            ratio = update / self._weight.clamp_min(1e-12)
-            self._rec[:, self._count] = torch.stack([self._grad, self._weight, ratio], dim=1)
+            grad, weight, update = self._per_layer(norms + torch._foreach_norm(self._before))
+            ratio = update / weight.clamp_min(1e-12)
+            self._rec[:, self._count] = torch.stack([grad, weight, ratio], dim=1)
         self.batches.append(self.learn.train_iter)
         self._count += 1
         self._pending = False
