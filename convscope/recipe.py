@@ -387,6 +387,7 @@ def write_outputs(learn: Learner, cfg: TrainConfig, run_dir: Path, accuracy: flo
     from convscope.diagnosis import diagnose
     from convscope.interpretation import Interpretation
     from convscope.report import build_report
+    from convscope.tta import VIEWS
 
     learn.recorder.meta["held_out"] = held_out_name(cfg)
     kept = getattr(learn, "valid_preds", None)
@@ -400,7 +401,7 @@ def write_outputs(learn: Learner, cfg: TrainConfig, run_dir: Path, accuracy: flo
         tta_seconds = time.perf_counter() - start
         without, accuracy = accuracy, float((probs.argmax(dim=1) == targs).float().mean())
         learn.recorder.meta["tta"] = {"accuracy": accuracy, "without": without,
-                                      "views": 5, "seconds": round(tta_seconds, 3)}
+                                      "views": VIEWS, "seconds": round(tta_seconds, 3)}
         tta_line = (f", with test-time augmentation ({without:.2%} without it; "
                     f"{tta_seconds:.1f}s)")
     values = learn.recorder.values
