@@ -54,12 +54,19 @@ def differing_settings(runs: list[Run], names: list[str]) -> list[dict]:
     return rows
 
 
+TTA = "accuracy with test-time augmentation"
+
+
 def final_metrics(runs: list[Run], names: list[str]) -> list[dict]:
-    """The last epoch of each run, the best value of each column marked with a star."""
+    """The last epoch of each run (and the final accuracy with test-time augmentation, when a
+    run has it), the best value of each column marked with a star."""
     cols = {"train_loss": min, "valid_loss": min, "accuracy": max}
+    if any(r.history.meta.get("tta") for r in runs):
+        cols[TTA] = max
     rows = []
     for r, n in zip(runs, names, strict=True):
         last = r.values[-1] if r.values else {}
+        last = {**last, TTA: (r.history.meta.get("tta") or {}).get("accuracy", math.nan)}
         rows.append({"run": n, "epochs": len(r.values),
                      **{c: last.get(c, math.nan) for c in cols}})
     for c, best in cols.items():
@@ -67,7 +74,8 @@ def final_metrics(runs: list[Run], names: list[str]) -> list[dict]:
         top = best(finite) if finite else None
         for row in rows:
             v = row[c]
-            text = (f"{v:.2%}" if c == "accuracy" else f"{v:.4g}") if math.isfinite(v) else "-"
+            text = ((f"{v:.2%}" if c.startswith("accuracy") else f"{v:.4g}")
+                    if math.isfinite(v) else "-")
             row[c] = f"{text} *" if top is not None and v == top and len(rows) > 1 else text
     return rows
 
@@ -89,7 +97,9 @@ def compare(run_dirs) -> str:
     out += ["<h2>Settings that differ</h2>",
             table_html(diff, left=("setting", *names)) if diff
             else "<p>None: the runs were trained with the same settings.</p>",
-            "<h2>Final metrics</h2><p>The last epoch of each run; * marks the best.</p>",
+            "<h2>Final metrics</h2><p>The last epoch of each run (test-time augmentation: the "
+            "final accuracy over each image and its four 1-pixel shifts, where a run has it); "
+            "* marks the best.</p>",
             table_html(final_metrics(runs, names), left=("run",))]
     histories = [r.history for r in runs]
     if any(h.losses for h in histories):

@@ -1,5 +1,6 @@
 """convscope compare and convscope chapter: runs side by side, in a real browser."""
 
+import json
 import os
 
 import pytest
@@ -8,7 +9,14 @@ from conftest import cli_error
 from safetensors.torch import load_file, save_file
 
 from convscope.cli import main
-from convscope.compare import compare, differing_settings, load_runs, names_of
+from convscope.compare import (
+    TTA,
+    compare,
+    differing_settings,
+    final_metrics,
+    load_runs,
+    names_of,
+)
 
 needs_browser = pytest.mark.skipif(find_chromium() is None and not os.environ.get("CI"),
                                    reason="no chromium on PATH (CI installs it)")
@@ -22,7 +30,7 @@ def runs(tmp_path_factory):
     assert main(["train", *QUICK, "--out", str(good)]) == 0
     assert main(["train", *QUICK, "--no-bn", "--schedule", "constant", "--lr", "0.06",
                  "--out", str(bad)]) == 0
-    assert main(["train", *QUICK, "--no-stats", "--out", str(plain)]) == 0
+    assert main(["train", *QUICK, "--no-stats", "--no-tta", "--out", str(plain)]) == 0
     return good, bad, plain
 
 
@@ -36,6 +44,15 @@ def test_settings_that_differ_and_the_best_marked(runs):
     page = compare([good, bad])
     assert "<h2>Settings that differ</h2>" in page and "run folder" not in page
     assert page.count(" *</td>") >= 2  # the good run's accuracy and valid loss are the best
+
+
+def test_final_metrics_give_the_accuracy_with_test_time_augmentation_where_a_run_has_it(runs):
+    good, _, plain = runs
+    loaded = load_runs([good, plain])
+    rows = final_metrics(loaded, names_of(loaded))
+    tta = json.loads((good / "history.json").read_text())["meta"]["tta"]["accuracy"]
+    assert rows[0][TTA].split(" ")[0] == f"{tta:.2%}" and rows[1][TTA] == "-"
+    assert "epochs" in rows[0] and TTA not in final_metrics(loaded[1:], names_of(loaded[1:]))[0]
 
 
 def test_overlays_and_side_by_side_layers_from_saved_files(runs, tmp_path):
