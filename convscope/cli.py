@@ -185,9 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--out", metavar="DIR", default="runs/chapter",
                    help="folder for the step run folders and chapter.html "
                    "(default: runs/chapter)")
-    h.add_argument("--subset", type=positive_int, metavar="N",
-                   help="train on N random training images (a quick version)")
-    h.add_argument("--device", default="cpu", metavar="D", help="cpu, cuda or cuda:N")
+    add_options(h, ("subset", "device"))  # as train declares them; --subset: a quick version
     h.add_argument("--overwrite", action="store_true",
                    help="replace step run folders an earlier replay left there")
     h.set_defaults(func=_chapter)
