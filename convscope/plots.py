@@ -54,6 +54,15 @@ def png_bytes(fig: _MplFigure, dpi: int = 100) -> bytes:
     return buf.getvalue()
 
 
+def _batch_span(batches: Sequence[int]) -> tuple[float, float]:
+    """The x extent of a histogram image over recorded batches; one recorded batch gets a
+    width (identical limits make matplotlib warn), none gives (0, 1)."""
+    if not batches:
+        return 0, 1
+    first, last = batches[0], batches[-1]
+    return (first - 0.5, first + 0.5) if last <= first else (first, last)
+
+
 def save_figure(fig: Figure, path: str | Path | None, dpi: int = 100) -> Figure:
     """Write `fig` to `path` as PNG, atomically; a None path does nothing."""
     if path is not None:
@@ -223,10 +232,7 @@ def color_dim(stats, idx: int | str, recorder=None, save: str | Path | None = No
     lo, hi = stats.ranges[i]
     fig = Figure(figsize=(8, 3.6))
     ax = fig.subplots()
-    n = len(stats.batches)
-    first, last = (stats.batches[0], stats.batches[-1]) if n else (0, 1)
-    if last <= first:  # one recorded batch: give it a width (identical limits warn)
-        first, last = first - 0.5, first + 0.5
+    first, last = _batch_span(stats.batches)
     im = ax.imshow(np.log1p(hist.T.numpy()), origin="lower", aspect="auto", cmap="viridis",
                    extent=(first, last, lo, hi))
     # room on the right for the learning rate's axis and label between plot and colour bar
@@ -375,9 +381,7 @@ def compare_color_dim(stats: Sequence, names: Sequence[str], layer: str,
     im = None
     for ax, (s, name) in zip(axes, panels, strict=True):
         i = s._layer(layer)
-        first, last = s.batches[0], s.batches[-1]
-        if last <= first:
-            first, last = first - 0.5, first + 0.5
+        first, last = _batch_span(s.batches)
         r_lo, r_hi = s.ranges[i]
         im = ax.imshow(np.log1p(s.hist(i).T.numpy()), origin="lower", aspect="auto",
                        cmap="viridis", norm=norm, extent=(first, last, r_lo, r_hi))
