@@ -24,6 +24,7 @@ from dataclasses import replace
 import torch
 
 from convscope.callbacks import ValidPreds
+from convscope.metrics import accuracy
 from convscope.recipe import TrainConfig, load_data, make_learner
 
 BASELINE = {"epochs": 3, "lr": 0.03, "bs": 512, "precision": "fp32", "tta": False}
@@ -47,7 +48,7 @@ def train(cfg: TrainConfig, data) -> tuple[float, list[float]]:
     accs = [v["accuracy"] for v in learn.recorder.values]
     if cfg.tta:
         probs, targs = learn.tta(plain=kept.preds)
-        accs[-1] = float((probs.argmax(dim=1) == targs).float().mean())
+        accs[-1] = float(accuracy(probs, targs))
     return time.perf_counter() - start, accs
 
 

@@ -92,6 +92,10 @@ class Interpretation:
                  "probability": float(self.probs[i]), "loss": float(v)}
                 for v, i in zip(loss, idx, strict=True)]
 
+    def accuracy(self) -> float:
+        """The share of images predicted right."""
+        return float((self.preds == self.targs).float().mean()) if len(self) else float("nan")
+
     def per_class_accuracy(self) -> list[dict]:
         """Per class: how many valid images, and the share predicted right."""
         cm = self.confusion_matrix()
@@ -123,14 +127,13 @@ class Interpretation:
         from convscope.display import table_html
 
         worst = self.most_confused()[:5]
-        return (f"<p>Interpretation of {len(self)} images: accuracy "
-                f"{float((self.preds == self.targs).float().mean()):.2%}</p>"
+        return (f"<p>Interpretation of {len(self)} images: accuracy {self.accuracy():.2%}</p>"
                 + table_html([{"actual": a, "predicted": p, "images": n} for a, p, n in worst],
                              left=("actual", "predicted")))
 
     def __repr__(self) -> str:
         return (f"Interpretation: {len(self)} images, {len(self.classes)} classes, accuracy "
-                f"{float((self.preds == self.targs).float().mean()):.2%}; most confused: "
+                f"{self.accuracy():.2%}; most confused: "
                 f"{self.most_confused()[:3]}")
 
     # --- saving --------------------------------------------------------------------------

@@ -383,7 +383,7 @@ def write_outputs(learn: Learner, cfg: TrainConfig, run_dir: Path, accuracy: flo
     accuracy it reports (with test-time augmentation when the run has it)."""
     # imported after training: matplotlib alone takes 0.5-0.8 s, which the first batch waited
     # for when these imports stood at the top
-    from convscope import plots
+    from convscope import metrics, plots
     from convscope.diagnosis import diagnose
     from convscope.interpretation import Interpretation
     from convscope.report import build_report
@@ -399,7 +399,7 @@ def write_outputs(learn: Learner, cfg: TrainConfig, run_dir: Path, accuracy: flo
         start = time.perf_counter()
         probs, targs = learn.tta(plain=plain)
         tta_seconds = time.perf_counter() - start
-        without, accuracy = accuracy, float((probs.argmax(dim=1) == targs).float().mean())
+        without, accuracy = accuracy, float(metrics.accuracy(probs, targs))
         learn.recorder.meta["tta"] = {"accuracy": accuracy, "without": without,
                                       "views": VIEWS, "seconds": round(tta_seconds, 3)}
         tta_line = (f", with test-time augmentation ({without:.2%} without it; "
