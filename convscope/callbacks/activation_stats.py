@@ -57,6 +57,18 @@ def conv_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
                      if isinstance(m, nn.modules.conv._ConvNd)]
 
 
+def layer_index(names: list[str], idx: int | str) -> int:
+    """The position of a recorded layer given by name or index, or a UsageError."""
+    if isinstance(idx, str):
+        if idx not in names:
+            raise UsageError(f"No recorded layer {idx!r}. Recorded: {names}.")
+        return names.index(idx)
+    if not -len(names) <= idx < len(names):
+        raise UsageError(f"Layer index out of range. Received: {idx}; {len(names)} layers "
+                         f"were recorded.")
+    return idx
+
+
 def _flat(x: Tensor) -> Tensor:
     """All values of x as a 1-d view when its memory allows (NCHW or channels_last)."""
     if x.is_contiguous():
@@ -285,14 +297,7 @@ class ActivationStats(Callback):
 
     # --- reading ---------------------------------------------------------------------------
     def _layer(self, idx: int | str) -> int:
-        if isinstance(idx, str):
-            if idx not in self.layer_names:
-                raise UsageError(f"No recorded layer {idx!r}. Recorded: {self.layer_names}.")
-            return self.layer_names.index(idx)
-        if not -len(self.layer_names) <= idx < len(self.layer_names):
-            raise UsageError(f"Layer index out of range. Received: {idx}; "
-                             f"{len(self.layer_names)} layers were recorded.")
-        return idx
+        return layer_index(self.layer_names, idx)
 
     def means(self, idx: int | str) -> Tensor:
         return self.stats[self._layer(idx)][:, 0]

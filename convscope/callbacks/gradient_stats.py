@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from convscope.callback import Callback
+from convscope.callbacks.activation_stats import layer_index
 from convscope.errors import UsageError
 
 FORMAT = "convscope.gradient_stats/1"
@@ -118,11 +119,7 @@ class GradientStats(Callback):
 
     # --- reading -------------------------------------------------------------------------
     def _layer(self, idx: int | str) -> int:
-        if isinstance(idx, str):
-            if idx not in self.layer_names:
-                raise UsageError(f"No recorded layer {idx!r}. Recorded: {self.layer_names}.")
-            return self.layer_names.index(idx)
-        return idx
+        return layer_index(self.layer_names, idx)
 
     def series(self, column: str, idx: int | str) -> Tensor:
         """One layer's `column` (grad_norm, weight_norm or update_ratio) per recorded step."""
