@@ -11,7 +11,8 @@ summary (model_summary.py).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -33,6 +34,17 @@ from convscope.optimizers import adamw
 
 __all__ = ["EVENTS", "Callback", "CancelBatchException", "CancelEpochException",
            "CancelFitException", "Learner", "accuracy"]
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """The model in eval mode inside the block, back in the mode it had after it."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 class Learner:
@@ -312,12 +324,8 @@ class Learner:
     def get_preds(self, dl: DataLoader | None = None) -> tuple[Tensor, Tensor]:
         """Predictions and targets over a whole loader (the valid set by default)."""
         dl = self.dls.valid if dl is None else dl
-        was_training = self.model.training
-        self.model.eval()
-        try:
+        with eval_mode(self.model):
             preds, targs = zip(*[(self.model(xb), yb) for xb, yb in dl], strict=True)
-        finally:
-            self.model.train(was_training)
         return torch.cat(preds), torch.cat(targs)
 
     def tta(self, dl: DataLoader | None = None, shift: int = 1,

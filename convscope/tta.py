@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from convscope.errors import UsageError
+from convscope.learner import eval_mode
 
 VIEWS = 5  # the image and its four shifts
 
@@ -41,31 +42,19 @@ def tta(learn, dl=None, shift: int = 1, plain: Tensor | None = None) -> tuple[Te
     if shift < 1:
         raise UsageError(f"tta: shift must be a whole number of pixels >= 1. Received: {shift}.")
     dl = learn.dls.valid if dl is None else dl
-    n = len(dl.y) if hasattr(dl, "y") else None
-    if plain is not None and n is not None and len(plain) != n:
-        raise UsageError(f"tta: `plain` holds {len(plain)} outputs but the loader gives {n} "
-                         f"images; pass the outputs of this loader's images, in order.")
+    if plain is not None and len(plain) != len(dl.y):
+        raise UsageError(f"tta: `plain` holds {len(plain)} outputs but the loader gives "
+                         f"{len(dl.y)} images; pass the outputs of this loader's images, in "
+                         f"order.")
     moves = [(shift, 0), (-shift, 0), (0, shift), (0, -shift)]
-    model = learn.model
-    was_training = model.training
-    model.eval()
     probs, targs, seen = [], [], 0
-    try:
+    with eval_mode(learn.model) as model:
         for xb, yb in dl:
-            if plain is not None:
-                p = plain[seen:seen + len(yb)].to(xb.device).float().softmax(dim=1)
-                if len(p) != len(yb):
-                    break
-            else:
-                p = model(xb).float().softmax(dim=1)
+            p = model(xb) if plain is None else plain[seen:seen + len(yb)].to(xb.device)
+            p = p.float().softmax(dim=1)
             for dy, dx in moves:
                 p += model(shifted(xb, dy, dx)).float().softmax(dim=1)
             probs.append(p / VIEWS)
             targs.append(yb)
             seen += len(yb)
-    finally:
-        model.train(was_training)
-    if plain is not None and seen != len(plain):  # a loader that does not say its length
-        raise UsageError(f"tta: `plain` holds {len(plain)} outputs but the loader gave {seen} "
-                         f"images; pass the outputs of this loader's images, in order.")
     return torch.cat(probs), torch.cat(targs)
