@@ -351,7 +351,8 @@ class DataLoader:
 
     Iterating gives (x, y): x float32 (B, C, H, W), normalised by the per-channel `mean` and
     `std` (in 0..1 units), y int64 (B,). Shuffling draws from a generator seeded with `seed`
-    and advanced once per epoch, so a run is repeatable.
+    and advanced once per epoch, so a run is repeatable. `restrict` limits the epochs to some
+    of the images; `batch_indices` says which images the latest batch holds.
     """
 
     def __init__(self, x: Tensor, y: Tensor, bs: int, shuffle: bool = False, seed: int = 0,
@@ -365,6 +366,8 @@ class DataLoader:
         self.x, self.y, self.bs = x, y, bs
         self.shuffle, self.drop_last = shuffle, drop_last
         self.rank, self.world_size = 0, 1
+        self.indices: Tensor | None = None  # see `restrict`
+        self._batch: slice | Tensor = slice(0, 0)
         self.generator = torch.Generator().manual_seed(seed)
         c = x.shape[1]
         mean = torch.full((c,), 0.5) if mean is None else mean
@@ -387,21 +390,58 @@ class DataLoader:
         self.rank, self.world_size = rank, world_size
         return self
 
-    def _all_batches(self) -> int:
-        n = len(self.y)
-        return n // self.bs if self.drop_last else math.ceil(n / self.bs)
+    def restrict(self, indices: Tensor | None) -> DataLoader:
+        """Draw the next epochs from the images at `indices` (positions in `x`, each once)
+        only, shuffled among themselves when the loader shuffles; None: every image again.
+        Sharding, `len` and a resumed epoch's order follow the restriction."""
+        if indices is not None:
+            indices = torch.as_tensor(indices, dtype=torch.long).flatten().cpu()
+            n = len(self.y)
+            if len(indices) == 0 or int(indices.min()) < 0 or int(indices.max()) >= n:
+                raise UsageError(f"restrict: expected a non-empty set of image positions in "
+                                 f"[0, {n}). Received {len(indices)} positions"
+                                 + (f" from {int(indices.min())} to {int(indices.max())}."
+                                    if len(indices) else "."))
+            if len(indices.unique()) != len(indices):
+                raise UsageError("restrict: expected each image position once. Received "
+                                 "repeated positions.")
+        self.indices = indices
+        return self
 
-    def _mine(self) -> list[int]:
+    @property
+    def n_images(self) -> int:
+        """How many images an epoch draws from (all of them unless restricted)."""
+        return len(self.y) if self.indices is None else len(self.indices)
+
+    def n_batches(self, n_images: int | None = None) -> int:
+        """This rank's batches in an epoch over `n_images` images (default: the epoch as the
+        loader stands)."""
+        n = self.n_images if n_images is None else n_images
+        return len(range(self.rank, self._global_batches(n), self.world_size))
+
+    def _global_batches(self, n_images: int) -> int:
+        """The batches of an epoch over `n_images`, over every rank."""
+        n = n_images // self.bs if self.drop_last else math.ceil(n_images / self.bs)
+        if self.world_size > 1 and self.shuffle:
+            # equal counts: a rank waiting for a gradient that never comes hangs
+            n = n // self.world_size * self.world_size
+        return n
+
+    @property
+    def batch_indices(self) -> Tensor:
+        """The positions in `x` of the images of the latest batch drawn (on the loader's
+        device)."""
+        b = self._batch
+        if isinstance(b, slice):
+            return torch.arange(b.start, b.stop, device=self.device)
+        return b
+
+    def _mine(self) -> range:
         """The global batch indices of this rank's shard, in order."""
-        n, w = self._all_batches(), self.world_size
-        if w == 1:
-            return list(range(n))
-        if self.shuffle:
-            n = n // w * w  # equal counts: a rank waiting for a gradient that never comes hangs
-        return list(range(self.rank, n, w))
+        return range(self.rank, self._global_batches(self.n_images), self.world_size)
 
     def __len__(self) -> int:
-        return len(self._mine()) if self.world_size > 1 else self._all_batches()
+        return self.n_batches()
 
     def __repr__(self) -> str:
         order = "shuffled" if self.shuffle else "in order"
@@ -423,18 +463,19 @@ class DataLoader:
         """This epoch's batches from batch `start` on (the shuffle covers the whole epoch,
         so a resumed epoch sees the same order). `epoch_state` keeps the shuffling
         generator's state as it was before this epoch's draw."""
-        n = len(self.y)
         self.epoch_state = self.generator.get_state()
+        order = self.indices
         if self.shuffle:
-            order = torch.randperm(n, generator=self.generator).to(self.device)
-        else:
-            order = None
-        for i in (self._mine()[start:] if self.world_size > 1 else range(start, len(self))):
+            perm = torch.randperm(self.n_images, generator=self.generator)
+            order = perm if order is None else order[perm]
+        if order is not None:
+            order = order.to(self.device)
+        for i in self._mine()[start:]:
             if order is None:
-                sl = slice(i * self.bs, (i + 1) * self.bs)
+                self._batch = sl = slice(i * self.bs, min((i + 1) * self.bs, len(self.y)))
                 xb, yb = self.x[sl], self.y[sl]
             else:
-                idx = order[i * self.bs:(i + 1) * self.bs]
+                self._batch = idx = order[i * self.bs:(i + 1) * self.bs]
                 xb, yb = self.x[idx], self.y[idx]
             yield self.normalize(xb), yb
 

@@ -5,7 +5,7 @@ import struct
 import numpy as np
 import pytest
 import torch
-from conftest import idx_bytes, write_idx_folder
+from conftest import idx_bytes, stripes, write_idx_folder
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -221,6 +221,65 @@ def test_loader_rejects_bad_input(toy):
         DataLoader(toy.x_train.float(), toy.y_train, 8)
     with pytest.raises(ValueError, match="Batch size must be at least 1. Received: bs=0"):
         DataLoaders.from_data(toy, bs=0)
+
+
+def test_a_restricted_loader_draws_only_its_images_and_says_which(toy):
+    dl = DataLoaders.from_data(toy, bs=32, seed=1).train
+    full = [dl.batch_indices.clone() for _ in dl]  # the first epoch's draw, unrestricted
+    assert sorted(torch.cat(full).tolist()) == list(range(256))
+    keep = torch.tensor([3, 7, 8, 20, 100, 101, 102, 150, 200, 255, 5, 6, 9, 10, 11, 12, 13, 14,
+                         15, 16, 17, 18, 19, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33,
+                         34, 35, 36, 37])  # 40 images
+    dl.restrict(keep)
+    assert dl.n_images == 40 and len(dl) == 2 and dl.n_batches(256) == 8
+    seen, labels = [], []
+    for _, yb in dl:
+        seen.append(dl.batch_indices.clone())
+        labels.append(yb)
+    seen = torch.cat(seen)
+    assert sorted(seen.tolist()) == sorted(keep.tolist())  # each once, in a shuffled order
+    assert not torch.equal(seen, keep.sort().values) and not torch.equal(seen, keep)
+    assert torch.equal(torch.cat(labels), toy.y_train[seen])  # the batches hold those images
+    # the order comes from the loader's generator: the same state gives the same epoch
+    dl.generator.set_state(dl.epoch_state)
+    assert torch.equal(torch.cat([dl.batch_indices.clone() for _ in dl]), seen)
+    dl.restrict(None)
+    assert dl.n_images == 256 and len(dl) == 8
+
+
+def test_a_restricted_loader_shards_its_images():
+    dl = DataLoaders.from_data(stripes(256, 8), bs=16, seed=0).train
+    dl.restrict(torch.arange(0, 200, 2))  # 100 images: 7 batches, 6 shared as 3 and 3
+    ranks = []
+    for rank in (0, 1):
+        dl.shard(rank, 2)
+        dl.generator.manual_seed(5)
+        assert len(dl) == 3
+        ranks.append(torch.cat([dl.batch_indices.clone() for _ in dl]))
+    assert not set(ranks[0].tolist()) & set(ranks[1].tolist())
+    assert set(ranks[0].tolist()) | set(ranks[1].tolist()) < set(range(0, 200, 2))
+    assert len(ranks[0]) + len(ranks[1]) == 6 * 16  # the short last batch is left out
+
+
+def test_an_ordered_loader_names_the_images_of_each_batch(toy):
+    dl = DataLoaders.from_data(toy, bs=48).valid  # 128 images in batches of 96
+    assert [dl.batch_indices.tolist() for _ in dl] == [list(range(96)), list(range(96, 128))]
+    dl.restrict(torch.tensor([5, 1, 9]))
+    assert [(dl.batch_indices.tolist(), yb.tolist()) for _, yb in dl] == [
+        ([5, 1, 9], toy.y_valid[[5, 1, 9]].tolist())]
+
+
+@pytest.mark.parametrize("indices,says", [
+    ([], "a non-empty set of image positions in \\[0, 256\\). Received 0 positions."),
+    ([0, 256], "Received 2 positions from 0 to 256."),
+    ([-1, 3], "Received 2 positions from -1 to 3."),
+    ([4, 4], "each image position once. Received repeated positions."),
+])
+def test_restrict_refuses_positions_outside_or_twice(toy, indices, says):
+    dl = DataLoaders.from_data(toy, bs=32).train
+    with pytest.raises(ValueError, match=says):
+        dl.restrict(indices)
+    assert dl.indices is None
 
 
 def test_one_batch_does_not_advance_the_shuffle(toy):
