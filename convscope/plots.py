@@ -105,9 +105,8 @@ def plot_loss(recorder, skip_start: int = 5, with_valid: bool = True,
     ax.plot(steps, recorder.losses[skip_start:], alpha=0.3, label="train (per batch)")
     ax.plot(steps, recorder.smooth_losses[skip_start:], label="train (smoothed)")
     if with_valid and recorder.values:
-        per_epoch = len(recorder.losses) / len(recorder.values)
-        ends = [round(per_epoch * (i + 1)) for i in range(len(recorder.values))]
-        ax.plot(ends, [v["valid_loss"] for v in recorder.values], "o-", label="valid")
+        ax.plot(recorder.epoch_ends, [v["valid_loss"] for v in recorder.values], "o-",
+                label="valid")
     ax.set_xlabel("batch")
     ax.set_ylabel("loss")
     ax.set_yscale("log")
@@ -339,10 +338,8 @@ def compare_curves(histories: Sequence, names: Sequence[str],
         colour = f"C{k % 10}"
         loss_ax.plot(h.smooth_losses, color=colour, label=name)
         if h.values and h.losses:
-            per_epoch = len(h.losses) / len(h.values)
-            ends = [round(per_epoch * (i + 1)) for i in range(len(h.values))]
-            loss_ax.plot(ends, [v["valid_loss"] for v in h.values], "o--", color=colour,
-                         markersize=4)
+            loss_ax.plot(h.epoch_ends, [v["valid_loss"] for v in h.values], "o--",
+                         color=colour, markersize=4)
             acc_ax.plot(range(len(h.values)), [100 * v.get("accuracy", math.nan)
                                                for v in h.values], "o-", color=colour,
                         label=name)

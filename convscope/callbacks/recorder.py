@@ -31,6 +31,13 @@ class History:
     hps: dict[str, list[list[float]]] = field(default_factory=dict)
     values: list[dict[str, float]] = field(default_factory=list)
     meta: dict = field(default_factory=dict)  # n_train, n_valid, n_classes: what was judged
+    # the number of training batches recorded by the end of each epoch (epochs may differ in
+    # length: HardExamples shortens those after the first)
+    epoch_ends: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.epoch_ends and self.values:  # written before epoch ends were recorded
+            self.epoch_ends = even_ends(len(self.losses), len(self.values))
 
     def save(self, path: str | Path) -> None:
         from convscope.files import atomic_write_bytes
@@ -43,9 +50,15 @@ class History:
         try:
             raw = json.loads(Path(path).read_text())
             return cls(**{k: raw[k] for k in ("losses", "smooth_losses", "hps", "values")},
-                       meta=raw.get("meta", {}))
+                       meta=raw.get("meta", {}), epoch_ends=raw.get("epoch_ends", []))
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise UsageError(f"{path}: cannot be read as a training history: {e}") from None
+
+
+def even_ends(n_batches: int, n_epochs: int) -> list[int]:
+    """Epoch ends for a history written before they were recorded (every epoch then had as
+    many batches)."""
+    return [round(n_batches * (i + 1) / n_epochs) for i in range(n_epochs)]
 
 
 class EpochTable(list):
@@ -70,6 +83,7 @@ class Recorder(Callback):
         losses: train loss of every batch. smooth_losses: its debiased exponential average.
         hps: {"lr": [[group0, group1, ...] per batch], "mom": [...]}.
         values: one dict per epoch: epoch, train_loss, valid_loss, each metric, time (s).
+        epoch_ends: how many training batches were recorded by the end of each epoch.
     """
 
     order = 50
@@ -81,6 +95,7 @@ class Recorder(Callback):
         self.smooth_losses: list[float] = []
         self.hps: dict[str, list[list[float]]] = {"lr": [], "mom": []}
         self.values: list[dict[str, float]] = EpochTable()
+        self.epoch_ends: list[int] = []
 
     @property
     def metric_names(self) -> list[str]:
@@ -91,7 +106,7 @@ class Recorder(Callback):
         self.meta = {"n_train": len(dls.train.y), "n_valid": len(dls.valid.y),
                      "n_classes": dls.c}
         self.losses, self.smooth_losses, self.values = [], [], EpochTable()
-        self.hps = {"lr": [], "mom": []}
+        self.hps, self.epoch_ends = {"lr": [], "mom": []}, []
         self._avg: Tensor | None = None
         self._count = 0
 
@@ -153,12 +168,14 @@ class Recorder(Callback):
         row.update(zip(self.metric_names, valid[1:], strict=True))
         row["time"] = time.perf_counter() - self._start
         self.values.append(row)
+        self.epoch_ends.append(len(self.losses))
 
     def history(self) -> History:
         """A copy of what was recorded, detached from the learner."""
         return History(list(self.losses), list(self.smooth_losses),
                        {k: [list(g) for g in v] for k, v in self.hps.items()},
-                       [dict(v) for v in self.values], dict(getattr(self, "meta", {})))
+                       [dict(v) for v in self.values], dict(getattr(self, "meta", {})),
+                       list(self.epoch_ends))
 
     def state_dict(self) -> dict:
         """Everything recorded so far, the current epoch's batches included, as plain lists
@@ -174,6 +191,7 @@ class Recorder(Callback):
         h = state["history"]
         self.losses, self.smooth_losses = list(h["losses"]), list(h["smooth_losses"])
         self.hps, self.values = h["hps"], EpochTable(h["values"])
+        self.epoch_ends = History(**h).epoch_ends  # filled in when the checkpoint lacks it
         self.meta = dict(h.get("meta", {}))
         dev = self.learn.dls.device
         self._avg = None if state["avg"] is None else torch.tensor(state["avg"], device=dev)
