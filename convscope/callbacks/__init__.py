@@ -6,6 +6,7 @@ from convscope.callbacks.channels_last import ChannelsLast
 from convscope.callbacks.checkpoint import CheckpointCallback
 from convscope.callbacks.gradient_stats import GradientStats
 from convscope.callbacks.guard import DivergenceGuard, TrainingDivergedError
+from convscope.callbacks.hard_examples import HardExamples
 from convscope.callbacks.interrupt import GracefulStop
 from convscope.callbacks.mixed_precision import MixedPrecision
 from convscope.callbacks.progress import ProgressCallback
@@ -15,7 +16,7 @@ from convscope.callbacks.valid_preds import ValidPreds
 
 __all__ = [
     "ActivationStats", "BatchAugment", "ChannelsLast", "CheckpointCallback", "DivergenceGuard",
-    "GracefulStop", "GradientStats", "History", "MixedPrecision", "ParamScheduler",
+    "GracefulStop", "GradientStats", "HardExamples", "History", "MixedPrecision", "ParamScheduler",
     "ProgressCallback", "Recorder",
     "TrainingDivergedError", "ValidPreds", "one_cycle", "one_cycle_scheduler",
 ]
