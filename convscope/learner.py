@@ -328,14 +328,15 @@ class Learner:
             preds, targs = zip(*[(self.model(xb), yb) for xb, yb in dl], strict=True)
         return torch.cat(preds), torch.cat(targs)
 
-    def tta(self, dl: DataLoader | None = None, shift: int = 1,
-            plain: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def tta(self, dl: DataLoader | None = None, shift: int = 1, plain: Tensor | None = None,
+            unsure_below: float | None = None) -> tuple[Tensor, Tensor]:
         """Test-time augmentation: probabilities averaged over each image of `dl` (the valid
         set by default) and its four shifts by `shift` pixels, and the targets; `plain`: the
-        outputs on `dl` as it is, when at hand. See convscope.tta."""
+        outputs on `dl` as it is, when at hand; `unsure_below`: only the images whose top
+        probability is under it. See convscope.tta."""
         from convscope.tta import tta
 
-        return tta(self, dl, shift=shift, plain=plain)
+        return tta(self, dl, shift=shift, plain=plain, unsure_below=unsure_below)
 
     def validate(self, dl: DataLoader | None = None) -> dict[str, float]:
         """Loss and metrics over a whole loader (the valid set by default)."""

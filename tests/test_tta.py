@@ -66,3 +66,42 @@ def test_the_outputs_at_hand_save_a_pass_and_give_the_same(learn):
         learn.tta(plain=outs[:95])
     with pytest.raises(UsageError, match="shift must be a whole number of pixels >= 1"):
         learn.tta(shift=0)
+
+
+def test_only_the_unsure_images_are_looked_at_again(learn):
+    outs, _ = learn.get_preds()
+    plain = outs.softmax(dim=1)
+    full, _ = learn.tta(plain=outs)
+    below = float(plain.max(dim=1).values.median())  # half the images are under it
+    unsure = plain.max(dim=1).values < below
+    assert 0 < unsure.sum() < len(unsure)
+    fed = []
+    handle = learn.model.register_forward_hook(lambda m, i, o: fed.append(len(i[0])))
+    try:
+        probs, targs = learn.tta(plain=outs, unsure_below=below)
+    finally:
+        handle.remove()
+    assert sum(fed) == 4 * int(unsure.sum())  # four shifts of each unsure image, no more
+    torch.testing.assert_close(probs[unsure], full[unsure])  # as if all had been augmented
+    assert torch.equal(probs[~unsure], plain[~unsure])  # the sure ones keep their softmax
+    assert torch.equal(targs, learn.dls.valid.y)
+    assert learn.dls.valid.indices is None  # the loader is left as it was
+    # without the outputs at hand, one plain pass first
+    torch.testing.assert_close(learn.tta(unsure_below=below)[0], probs)
+    # nothing under the bar: no pass at all
+    fed.clear()
+    handle = learn.model.register_forward_hook(lambda m, i, o: fed.append(len(i[0])))
+    try:
+        probs, _ = learn.tta(plain=outs, unsure_below=1e-9)
+    finally:
+        handle.remove()
+    assert fed == [] and torch.equal(probs, plain)
+
+
+def test_tta_refuses_what_it_cannot_use(learn):
+    with pytest.raises(UsageError, match=r"unsure_below must be a probability in \(0, 1\]. "
+                                         r"Received: 1.5"):
+        learn.tta(unsure_below=1.5)
+    with pytest.raises(UsageError, match="expected a loader that gives all its images in "
+                                         "order .* Received a shuffled or restricted one"):
+        learn.tta(dl=learn.dls.train)
