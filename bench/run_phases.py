@@ -41,7 +41,7 @@ def one_run(extra: list[str]) -> dict[str, float]:
             elif " accuracy: " in line and "of training" in line:
                 marks["accuracy"] = now
                 training = float(re.search(r"in ([\d.]+)s of training", line).group(1))
-                found = re.search(r"without it; ([\d.]+)s\)", line)
+                found = re.search(r"again in ([\d.]+)s\)", line)
                 tta = float(found.group(1)) if found else 0.0
             elif line.startswith("run folder:"):
                 marks["report"] = now

@@ -23,16 +23,18 @@ from dataclasses import replace
 
 import torch
 
+from convscope import defaults
 from convscope.callbacks import ValidPreds
 from convscope.metrics import accuracy
 from convscope.recipe import TrainConfig, load_data, make_learner
 
-BASELINE = {"epochs": 3, "lr": 0.03, "bs": 512, "precision": "fp32", "tta": False}
+BASELINE = {"epochs": 3, "lr": 0.03, "bs": 512, "precision": "fp32", "tta": False, "hard": 1.0}
 
 
 def describe(cfg: TrainConfig) -> str:
     return (f"fit_one_cycle({cfg.epochs}, {cfg.lr}), bs {cfg.bs}, {cfg.precision}, "
             f"{'channels_last' if cfg.channels_last else 'NCHW'}"
+            + (f", epochs after the first on the hardest {cfg.hard:.0%}" if cfg.hard < 1 else "")
             + (", test-time augmentation" if cfg.tta else ""))
 
 
@@ -47,7 +49,7 @@ def train(cfg: TrainConfig, data) -> tuple[float, list[float]]:
     learn.fit_one_cycle(cfg.epochs, cfg.lr)
     accs = [v["accuracy"] for v in learn.recorder.values]
     if cfg.tta:
-        probs, targs = learn.tta(plain=kept.preds)
+        probs, targs = learn.tta(plain=kept.preds, unsure_below=defaults.TTA_UNSURE)
         accs[-1] = float(accuracy(probs, targs))
     return time.perf_counter() - start, accs
 

@@ -38,6 +38,8 @@ class Option:
         resumable: `--resume` may change it (the device: same arithmetic, other hardware; the
             processes per machine, as long as the world size stays what the checkpoint says).
         metavar: the placeholder in `--help`.
+        absent: for a setting added after runs were written, the value a run folder without
+            it trained with (what `--resume` of such a run uses); None: the default.
     """
 
     flag: str
@@ -50,6 +52,7 @@ class Option:
     choices: tuple[str, ...] | None = None
     resumable: bool = False
     metavar: str | None = None
+    absent: Any = None
 
     def validate(self, name: str, value: Any) -> None:
         """Raise a UsageError naming the flag when `value` does not pass."""
@@ -84,6 +87,12 @@ class TrainConfig:
     epochs: int = option(
         defaults.EPOCHS, flag="--epochs", kind=int, metavar="N", check=lambda v: v >= 0,
         expected="an integer >= 0", label="epochs", help="passes over the training set")
+    hard: float = option(
+        defaults.HARD, flag="--hard", kind=float, metavar="F", check=lambda v: 0 < v <= 1,
+        expected="a number in (0, 1]", label="hardest share, epochs after the first",
+        absent=1.0,
+        help="epochs after the first train on the share F of the training images with the "
+             "highest loss when last seen (1: every image every epoch)")
     lr: float = option(
         defaults.LR, flag="--lr", kind=float, metavar="X", check=_positive_finite,
         expected="a number > 0", label="peak learning rate (1cycle)",

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from convscope import defaults, run_folder
-from convscope.config import TrainConfig, resolve_device
+from convscope.config import TrainConfig, options, resolve_device
 from convscope.data import DataLoaders, ImageData, idx_folder, missing_idx_files, mnist
 from convscope.errors import PeerLost, TrainingDivergedError, TrainingInterrupted, UsageError
 from convscope.files import atomic_write_bytes
@@ -128,7 +128,7 @@ def stats_every(bs: int) -> int:
 def make_learner(data: ImageData, cfg: TrainConfig, progress: bool = True,
                  stats: bool | None = None) -> Learner:
     """The recipe's Learner: simple_cnn with batchnorm, AdamW, channels_last when asked."""
-    from convscope.callbacks import ActivationStats, ChannelsLast, GradientStats
+    from convscope.callbacks import ActivationStats, ChannelsLast, GradientStats, HardExamples
     from convscope.callbacks.augment import BatchAugment
     from convscope.callbacks.mixed_precision import MixedPrecision
 
@@ -136,6 +136,8 @@ def make_learner(data: ImageData, cfg: TrainConfig, progress: bool = True,
     torch.manual_seed(cfg.seed)
     model = simple_cnn(in_channels=dls.in_channels, n_classes=dls.c, bn=cfg.bn)
     cbs = [ChannelsLast()] if cfg.channels_last else []
+    if cfg.hard < 1:
+        cbs.append(HardExamples(cfg.hard))
     if cfg.augment:
         cbs.append(BatchAugment(pad=max(1, dls.train.x.shape[-1] // 14)))
     if cfg.precision != "fp32":
@@ -172,7 +174,9 @@ def load_config(run_dir: str | Path, **overrides) -> TrainConfig:
                          f"written by `convscope train`")
     try:
         saved = json.loads(path.read_text())
-        return TrainConfig(**{**saved, **overrides, "out": str(run_dir)})
+        absent = {name: opt.absent for name, opt in options().items()
+                  if opt.absent is not None and name not in saved}
+        return TrainConfig(**{**absent, **saved, **overrides, "out": str(run_dir)})
     except UsageError as e:
         raise UsageError(f"{path}: {e}") from None
     except (ValueError, TypeError) as e:
@@ -321,6 +325,10 @@ def _train(cfg: TrainConfig, log, resume: bool, info, main: bool, run_dir: Path,
         log(f"distributed: {info.world_size} processes of {torch.get_num_threads()} thread(s) "
             f"each, training on its shard of the batches")
     learn = make_learner(data, cfg, progress=main, stats=cfg.stats and main)
+    hard = getattr(learn, "hard_examples", None)
+    if hard is not None and cfg.epochs > 1:
+        log(f"hard examples: epochs after the first train on the {hard.n_hard} training images "
+            f"({cfg.hard:.0%}) with the highest loss when last seen (--hard 1: on all)")
     if info is not None:
         learn.add_cb(Distributed(info, sync_bn=cfg.sync_bn))
     if main:
@@ -387,7 +395,7 @@ def write_outputs(learn: Learner, cfg: TrainConfig, run_dir: Path, accuracy: flo
     from convscope.diagnosis import diagnose
     from convscope.interpretation import Interpretation
     from convscope.report import build_report
-    from convscope.tta import VIEWS
+    from convscope.tta import VIEWS, unsure
 
     learn.recorder.meta["held_out"] = held_out_name(cfg)
     kept = getattr(learn, "valid_preds", None)
@@ -397,13 +405,18 @@ def write_outputs(learn: Learner, cfg: TrainConfig, run_dir: Path, accuracy: flo
     tta_line = ""
     if cfg.tta:
         start = time.perf_counter()
-        probs, targs = learn.tta(plain=plain)
+        if plain is None:
+            plain, _ = learn.get_preds()
+        looked = len(unsure(plain.float().softmax(dim=1), defaults.TTA_UNSURE))
+        probs, targs = learn.tta(plain=plain, unsure_below=defaults.TTA_UNSURE)
         tta_seconds = time.perf_counter() - start
         without, accuracy = accuracy, float(metrics.accuracy(probs, targs))
-        learn.recorder.meta["tta"] = {"accuracy": accuracy, "without": without,
-                                      "views": VIEWS, "seconds": round(tta_seconds, 3)}
-        tta_line = (f", with test-time augmentation ({without:.2%} without it; "
-                    f"{tta_seconds:.1f}s)")
+        learn.recorder.meta["tta"] = {
+            "accuracy": accuracy, "without": without, "views": VIEWS,
+            "unsure_below": defaults.TTA_UNSURE, "looked_at": looked,
+            "seconds": round(tta_seconds, 3)}
+        tta_line = (f", with test-time augmentation ({without:.2%} without it; the {looked} "
+                    f"images it was least sure of looked at again in {tta_seconds:.2f}s)")
     values = learn.recorder.values
     write_metrics_csv(run_dir / "metrics.csv", values)
     mean, std = learn.dls.stats

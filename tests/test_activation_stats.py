@@ -211,12 +211,12 @@ def test_plots_return_figures_and_write_pngs(tmp_path):
     assert len(lr_line.get_xdata()) == len(learn.recorder.hps["lr"])
 
 
-def test_the_recipe_records_one_batch_per_256_images():
+def test_the_recipe_records_one_batch_per_512_images():
     from convscope.recipe import TrainConfig, make_learner
 
-    for bs, every in ((64, 4), (128, 2), (200, 1), (256, 1), (512, 1)):
+    for bs, every in ((64, 8), (128, 4), (256, 2), (300, 1), (512, 1), (1024, 1)):
         learn = make_learner(stripes(512, 32), TrainConfig(bs=bs), progress=False)
         assert learn.activation_stats.every == every == learn.gradient_stats.every
     learn = make_learner(stripes(512, 32), TrainConfig(bs=128), progress=False)
-    learn.fit_one_cycle(1, 0.01)  # 4 batches: the first and the third recorded
-    assert learn.activation_stats.batches == [0, 2] == learn.gradient_stats.batches
+    learn.fit_one_cycle(2, 0.01)  # 4 batches, then 2 (the hardest 40%): train_iter 0 and 4
+    assert learn.activation_stats.batches == [0, 4] == learn.gradient_stats.batches

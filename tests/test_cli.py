@@ -23,6 +23,8 @@ from convscope.models import simple_cnn
     (["train", "--seed", "-2"], "--seed: expected an integer >= 0, received '-2'"),
     (["train", "--subset", "0"], "--subset: expected an integer >= 1, received '0'"),
     (["train", "--valid-pct", "1.5"], "--valid-pct: expected a number between 0 and 1"),
+    (["train", "--hard", "0"], "--hard: expected a number in (0, 1], received '0'"),
+    (["train", "--hard", "1.5"], "--hard: expected a number in (0, 1], received '1.5'"),
     (["train", "--device", "tpu"], "--device: expected cpu, cuda or cuda:N, received 'tpu'"),
     (["train", "--size", "0"], "--size: expected an integer >= 1, received '0'"),
     (["train", "--nproc", "0"], "--nproc: expected an integer >= 1, received '0'"),

@@ -71,18 +71,20 @@ def reference(tmp_path_factory):
 
 def test_a_killed_worker_costs_one_checkpoint(reference, tmp_path):
     run = tmp_path / "run"
-    # 24 batches an epoch, 12 per process; checkpoints after batches 3, 7, 11 of each epoch:
-    # rank 1 dies after batch 6 of epoch 1, so batches 4-6 of that epoch are trained again
+    # epoch 0: 24 batches, 12 per process; epochs 1 and 2 draw the hardest 40% (615 images: 10
+    # batches, the last of 39 images, 5 per process); checkpoints after batch 3 of each epoch
+    # (and 7, 11 of the first): rank 1 dies after batch 4 of epoch 1, so batch 4 is trained
+    # again, from the losses and the choice of images rank 0's checkpoint holds
     proc = train("--nproc", "2", "--max-restarts", "1", *RUN, "--out", str(run),
-                 CONVSCOPE_TEST_DIE_AT="1 1 6")
+                 CONVSCOPE_TEST_DIE_AT="1 1 4")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "restart 1 of 1: resumed from epoch 1, batch 4" in proc.stdout
     same_weights(reference, run)
     rows = (run / "metrics.csv").read_text().splitlines()[1:]
     assert [r.split(",")[0] for r in rows] == ["0", "1", "2"]  # each epoch once
     ref_stats, stats = (load_file(d / "activation_stats.safetensors") for d in (reference, run))
-    # the recipe records one batch in 4 at bs 64 (one per 256 images): 4 is in both lives
-    assert stats["batches"].tolist() == ref_stats["batches"].tolist() == list(range(0, 36, 4))
+    # the recipe records one batch in 8 at bs 64 (one per 512 images): 16 is in both lives
+    assert stats["batches"].tolist() == ref_stats["batches"].tolist() == list(range(0, 22, 8))
     for k in ref_stats:
         assert torch.equal(ref_stats[k], stats[k]), k
 
@@ -108,7 +110,7 @@ def test_the_failure_named_is_the_root_cause(tmp_path):
 def test_restarts_used_up_keep_the_checkpoint_and_say_how_to_continue(tmp_path):
     run = tmp_path / "run"
     proc = train("--nproc", "2", "--max-restarts", "1", *RUN, "--out", str(run),
-                 CONVSCOPE_TEST_DIE_AT="1 1 6 always")
+                 CONVSCOPE_TEST_DIE_AT="1 1 4 always")
     assert proc.returncode == 1
     line = cli_error(proc.stderr)
     assert "training failed: process 1 stopped (killed by signal 9) and its 1 restart are " \

@@ -26,7 +26,9 @@ def test_run_folder_has_report_and_saved_data(run_dir):
     for name in ("report.html", "history.json", "activation_stats.safetensors"):
         assert (run_dir / name).stat().st_size > 0
     run = load_run(run_dir)
-    assert len(run.values) == 2 and len(run.history.losses) == 2 * 6
+    # 6 batches of 16 in epoch 0, 3 in epoch 1 (the hardest 40% of 96 images: 39)
+    assert len(run.values) == 2 and len(run.history.losses) == 6 + 3
+    assert run.history.epoch_ends == [6, 9]
     assert run.stats.layer_names == ["0", "1", "2", "3", "4"]
 
 

@@ -37,7 +37,7 @@ def test_resume_of_a_complete_run_changes_no_file(finished, capsys):
     assert f"`convscope report {finished}` rebuilds its report" in out
     assert files(finished) == before
     stats = load_file(finished / "activation_stats.safetensors")
-    assert stats["hists.0"].shape[0] == 3  # of 640 / 64 batches, one in 4: 0, 4 and 8
+    assert stats["hists.0"].shape[0] == 2  # of 640 / 64 batches, one in 8: 0 and 8
     assert "<h2>Activations</h2>" in (finished / "report.html").read_text()
     assert main(["report", str(finished)]) == 0
 
@@ -91,6 +91,18 @@ def test_config_keeps_resolved_paths_so_resume_works_from_anywhere(tmp_path, mon
     monkeypatch.chdir(elsewhere)
     assert main(["train", "--resume", str(tmp_path / "run")]) == 0
     assert (tmp_path / "run" / "report.html").is_file()
+
+
+def test_a_run_folder_from_before_a_setting_resumes_as_it_was_trained(tmp_path):
+    """config.json of a run written before `hard` existed: that run trained every epoch on
+    every image, so its resume must too (the new default would change its schedule)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    config = {"epochs": 3, "bs": 64, "subset": 640}
+    (run / "config.json").write_text(json.dumps(config))
+    assert recipe.load_config(run).hard == 1.0
+    (run / "config.json").write_text(json.dumps({**config, "hard": 0.25}))
+    assert recipe.load_config(run).hard == 0.25
 
 
 def test_ctrl_c_while_loading_data_leaves_nothing_and_says_so(tmp_path, monkeypatch, capsys):
