@@ -105,8 +105,12 @@ def test_chapter_replays_end_to_end_on_a_subset(tmp_path, capsys):
     steps = sorted(p.name for p in out.iterdir() if p.is_dir())
     assert steps == ["1-no-bn-bs64", "2-no-bn-bs512", "3-no-bn-1cycle", "4-bn-1cycle",
                      "5-bn-1cycle-5ep"]
-    for step in steps:  # each a normal run folder
+    for step in steps:  # each a normal run folder, trained as the book trains
         assert (out / step / "report.html").is_file()
+        config = json.loads((out / step / "config.json").read_text())
+        assert config["hard"] == 1.0 and config["tta"] is False
+    history = json.loads((out / "5-bn-1cycle-5ep" / "history.json").read_text())
+    assert history["epoch_ends"] == [2, 4, 6, 8, 10]  # 1,000 images in 2 batches, every epoch
     page = (out / "chapter.html").read_text()
     assert "11.35%" in page and "99.12% / 99.21%" in page  # the book's numbers beside ours
     assert "on 1,000 training images" in page
