@@ -189,6 +189,16 @@ def options() -> dict[str, Option]:
     return {f.name: f.metadata["option"] for f in dataclasses.fields(TrainConfig)}
 
 
+def with_absent(saved: dict) -> dict:
+    """A config.json's settings, with each setting added since it was written set to what
+    that run trained with (the Option's `absent`)."""
+    if not isinstance(saved, dict):
+        raise UsageError(f"expected a JSON object of settings, received a "
+                         f"{type(saved).__name__}")
+    return {**saved, **{name: opt.absent for name, opt in options().items()
+                        if opt.absent is not None and name not in saved}}
+
+
 def default(name: str) -> Any:
     return TrainConfig.__dataclass_fields__[name].default
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from convscope import defaults, run_folder
-from convscope.config import TrainConfig, options, resolve_device
+from convscope.config import TrainConfig, resolve_device, with_absent
 from convscope.data import DataLoaders, ImageData, idx_folder, missing_idx_files, mnist
 from convscope.errors import PeerLost, TrainingDivergedError, TrainingInterrupted, UsageError
 from convscope.files import atomic_write_bytes
@@ -173,10 +173,8 @@ def load_config(run_dir: str | Path, **overrides) -> TrainConfig:
         raise UsageError(f"--resume: {str(run_dir)!r} has no {CONFIG}; expected a run folder "
                          f"written by `convscope train`")
     try:
-        saved = json.loads(path.read_text())
-        absent = {name: opt.absent for name, opt in options().items()
-                  if opt.absent is not None and name not in saved}
-        return TrainConfig(**{**absent, **saved, **overrides, "out": str(run_dir)})
+        saved = with_absent(json.loads(path.read_text()))
+        return TrainConfig(**{**saved, **overrides, "out": str(run_dir)})
     except UsageError as e:
         raise UsageError(f"{path}: {e}") from None
     except (ValueError, TypeError) as e:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from convscope.callbacks.activation_stats import ActivationStats
 from convscope.callbacks.recorder import History
-from convscope.config import describe
+from convscope.config import describe, with_absent
 from convscope.diagnosis import diagnose
 from convscope.display import findings_html, table_html
 from convscope.errors import UsageError
@@ -72,7 +72,7 @@ def load_run(run_dir: str | Path) -> Run:
     if missing:
         raise UsageError(f"{path} is not a complete run folder: it lacks {', '.join(missing)}.")
     try:
-        config = json.loads((path / "config.json").read_text())
+        config = with_absent(json.loads((path / "config.json").read_text()))
         with (path / "metrics.csv").open(newline="") as f:
             values = [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()}
                       for row in csv.DictReader(f)]

@@ -229,3 +229,21 @@ def test_divergence_says_what_to_run_next(tmp_path, capsys):
     assert main(["train", "--lr", "1e6", *QUICK, "--no-stats", "--out", str(run)]) == 3
     line = cli_error(capsys.readouterr().err)
     assert f"To train again in {run}, add --overwrite" in line
+
+
+def test_reports_and_comparisons_read_an_older_run_as_it_was_trained(finished, tmp_path):
+    """A run folder from before `hard` existed: its report says every image every epoch,
+    and a config.json that is not an object is refused in one line."""
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(finished, old)
+    config = json.loads((old / "config.json").read_text())
+    del config["hard"]
+    (old / "config.json").write_text(json.dumps(config))
+    assert report.load_run(old).config["hard"] == 1.0
+    (old / "config.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="expected a JSON object of settings, received a list"):
+        report.load_run(old)
+    with pytest.raises(ValueError, match="expected a JSON object of settings, received a list"):
+        recipe.load_config(old)
