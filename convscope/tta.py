@@ -5,7 +5,10 @@ left and right (the vacated row or column repeats the edge, so nothing wraps rou
 averages the five softmax outputs. A model that has seen digits at slightly different places
 is surer of the average than of any one view: on MNIST after the default recipe it adds 0.05
 to 0.2 points of test accuracy for four more forward passes over the test set (about a sixth
-of an epoch's time). As fastai's `learn.tta()`, it returns probabilities and targets.
+of an epoch's time). The images it changes are those the model was unsure of: with
+`unsure_below=0.9` only the images whose plain top probability is under 0.9 get the shifts
+(about 5% of MNIST's test set after the default recipe), for the same accuracy in a
+twentieth of the time. As fastai's `learn.tta()`, it returns probabilities and targets.
 """
 
 from __future__ import annotations

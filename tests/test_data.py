@@ -232,6 +232,8 @@ def test_a_restricted_loader_draws_only_its_images_and_says_which(toy):
                          34, 35, 36, 37])  # 40 images
     dl.restrict(keep)
     assert dl.n_images == 40 and len(dl) == 2 and dl.n_batches(256) == 8
+    assert repr(dl).startswith("DataLoader: 40 (restricted) of 256 images of 1 x 16 x 16 in 2 "
+                               "batches of 32 (shuffled)")
     seen, labels = [], []
     for _, yb in dl:
         seen.append(dl.batch_indices.clone())
