@@ -446,7 +446,8 @@ class DataLoader:
     def __repr__(self) -> str:
         order = "shuffled" if self.shuffle else "in order"
         some = f"{self.n_images} (restricted) of " if self.indices is not None else ""
-        return (f"DataLoader: {some}{len(self.y)} images of {' x '.join(map(str, self.x.shape[1:]))} "
+        shape = " x ".join(map(str, self.x.shape[1:]))
+        return (f"DataLoader: {some}{len(self.y)} images of {shape} "
                 f"in {len(self)} batches of {self.bs} ({order}) on {self.device}")
 
     def normalize(self, xb: Tensor) -> Tensor:
