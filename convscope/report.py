@@ -216,8 +216,11 @@ def render(run: Run) -> str:
     headline = (f"{held} accuracy {last['accuracy']:.2%} after {n} epoch{'s' if n != 1 else ''}"
                 if "accuracy" in last else "no epoch finished")
     if tta and "accuracy" in last:
+        which = ("each image" if "looked_at" not in tta else
+                 f"each of the {tta['looked_at']} images with top probability under "
+                 f"{tta['unsure_below']:g}")
         headline = (f"{held} accuracy {tta['accuracy']:.2%} with test-time augmentation "
-                    f"(the image and its four 1-pixel shifts averaged; {tta['without']:.2%} "
+                    f"({which} and its four 1-pixel shifts averaged; {tta['without']:.2%} "
                     f"without) after {n} epoch{'s' if n != 1 else ''}")
     run.summary = _summary(run)
     figs = Figures()

@@ -124,6 +124,12 @@ def test_a_run_reports_and_interprets_the_accuracy_with_test_time_augmentation(t
             assert f"test accuracy: {result.accuracy:.2%} after 2 epochs" in said
             assert f"with test-time augmentation ({plain:.2%} without it" in said
             assert f"test accuracy {result.accuracy:.2%} with test-time augmentation" in headline
+            # only the unsure images were looked at again, and the line and report say how many
+            looked = meta["tta"]["looked_at"]
+            assert 0 < looked <= 60 and meta["tta"]["unsure_below"] == 0.9
+            assert f"the {looked} images it was least sure of looked at again" in said
+            assert f"(each of the {looked} images with top probability under 0.9 and its four" \
+                in headline
         else:
             assert "tta" not in meta and result.accuracy == plain
             assert "augmentation" not in said and "test-time" not in headline
