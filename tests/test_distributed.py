@@ -1,6 +1,7 @@
 """Two processes on this machine with PyTorch's own engine (gloo), as torchrun starts them."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -47,6 +48,30 @@ def test_metrics_reduced_over_the_whole_valid_set(ddp_run):
     assert r0["valid_count"] == r1["valid_count"] == 1000  # both halves counted
     assert [v["accuracy"] for v in r0["values"]] == [v["accuracy"] for v in r1["values"]]
     assert r0["batches"] == 2 * (3072 // 64 // 2)  # each rank trained on half the batches
+
+
+def test_hard_examples_choose_the_same_images_in_every_process(tmp_path):
+    """Each process trains on its own batches, yet both hold every image's loss (gathered
+    each step) and so draw later epochs from the same images: the hardest 25% by those
+    losses."""
+    proc = torchrun(str(WORKER), str(tmp_path), "--hard", "0.25")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["chosen"] == r1["chosen"] and r0["losses"] == r1["losses"]
+    assert r0["final_losses"] == r1["final_losses"]
+    assert r0["chosen"][0] is None  # the first epoch: every image
+    for chosen, losses in zip(r0["chosen"][1:], r0["losses"][1:], strict=True):
+        assert all(math.isfinite(v) for v in losses)  # every image was seen, by one process
+        assert len(chosen) == 768  # a quarter of 3,072
+        bar = sorted(losses, reverse=True)[767]
+        assert all(losses[i] >= bar for i in chosen)
+        assert sum(v > bar for v in losses) < 768
+    # 24 batches each in epoch 0, then 768 images: 12 batches, 6 each
+    assert r0["epoch_ends"] == r1["epoch_ends"] == [24, 30, 36]
+    a, b = load_file(tmp_path / "rank0.safetensors"), load_file(tmp_path / "rank1.safetensors")
+    for k in a:
+        if not k.endswith(("running_mean", "running_var", "num_batches_tracked")):
+            assert torch.equal(a[k], b[k]), k
 
 
 def test_accuracy_in_line_with_one_process(ddp_run):
