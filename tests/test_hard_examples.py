@@ -104,3 +104,21 @@ def test_a_fraction_outside_0_1_is_refused(fraction):
     with pytest.raises(UsageError, match=f"fraction must be in \\(0, 1\\]. Received: "
                                          f"fraction={fraction}"):
         HardExamples(fraction)
+
+
+def test_the_loss_plot_puts_each_valid_loss_at_its_epochs_end(tmp_path):
+    import json
+
+    from convscope.callbacks import History
+
+    learn = learner([HardExamples(0.25)])
+    learn.fit_one_cycle(3, 1e-2)
+    valid = learn.recorder.plot_loss(skip_start=0).axes[0].lines[2]
+    assert list(valid.get_xdata()) == [6, 8, 10]  # not thirds of the 10 batches
+    learn.recorder.history().save(tmp_path / "h.json")
+    assert History.load(tmp_path / "h.json").epoch_ends == [6, 8, 10]
+    # a history.json written before epoch ends were kept: every epoch was as long then
+    raw = json.loads((tmp_path / "h.json").read_text())
+    del raw["epoch_ends"]
+    (tmp_path / "old.json").write_text(json.dumps(raw))
+    assert History.load(tmp_path / "old.json").epoch_ends == [3, 7, 10]
