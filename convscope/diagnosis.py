@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from itertools import pairwise
 
 import torch
 
@@ -193,8 +194,14 @@ def unstable_layers(stats, th: Thresholds) -> list[Finding]:
 
 
 def loss_problems(losses: list[float], smooth: list[float], lrs: list[float],
-                  th: Thresholds) -> list[Finding]:
-    """NaN or infinite loss, a loss that diverges or never goes down, and spikes at high lr."""
+                  th: Thresholds, restarts: list[int] | tuple[int, ...] = ()) -> list[Finding]:
+    """NaN or infinite loss, a loss that diverges or never goes down, and spikes at high lr.
+
+    `restarts`: the batches where training moved on to other images (each epoch after the
+    first, with HardExamples: the hardest images, so the loss steps up there). The trend is
+    judged on the batches before the first restart; each stretch from a restart on is judged
+    on its own, for spikes against its own recent median and for a climb from its first
+    batches to its last."""
     out = []
     if not losses:
         return out
@@ -206,10 +213,13 @@ def loss_problems(losses: list[float], smooth: list[float], lrs: list[float],
                            "(fit_one_cycle), or add batchnorm.",
                            batches=(bad[0], bad[-1]), value=float(len(bad))))
         return out
+    head = restarts[0] if restarts else len(losses)
+    smooth = smooth[:head]
     best = min(range(len(smooth)), key=smooth.__getitem__)
     if smooth[-1] > th.diverge * smooth[best] and best < len(smooth) - 1:
         out.append(Finding("error", "diverged", f"The smoothed loss rose from {smooth[best]:.3g}"
-                           f" at batch {best} to {smooth[-1]:.3g} at the end.",
+                           f" at batch {best} to {smooth[-1]:.3g} at the end"
+                           + (" of the first epoch." if restarts else "."),
                            "Training diverged: lower the learning rate.",
                            batches=(best, len(smooth) - 1), value=smooth[-1] / smooth[best]))
     elif len(smooth) >= 20 and smooth[-1] > th.stuck * smooth[0]:
@@ -218,13 +228,13 @@ def loss_problems(losses: list[float], smooth: list[float], lrs: list[float],
                            "learning rate may be far too high (dead layers) or too low; try "
                            "lr_find.", batches=(0, len(smooth) - 1),
                            value=smooth[-1] / smooth[0]))
-    t = torch.tensor(losses)
-    w = th.spike_window
-    spikes = []
-    for i in range(w, len(losses)):
-        med = float(t[i - w:i].median())
-        if med > 0 and losses[i] > th.spike * med and losses[i] - med >= th.spike_min:
-            spikes.append((i, losses[i] / med))
+    spikes = _spikes(losses[:head], 0, th)
+    bounds = [*restarts, len(losses)]
+    for a, b in pairwise(bounds):
+        # an epoch of hard examples may be shorter than the window: half of it, 5 at least
+        window = min(th.spike_window, (b - a) // 2)
+        spikes += _spikes(losses[a:b], a, th, window) if window >= 5 else []
+        out += _climb(losses[a:b], a, th)
     if not spikes and lrs and not any(f.kind == "diverged" for f in out):
         out += loss_rise(smooth, lrs, th)  # e.g. a short run's warmup, before a spike window
     if spikes and lrs:
@@ -240,6 +250,36 @@ def loss_problems(losses: list[float], smooth: list[float], lrs: list[float],
             if high else "A bad batch or a sharp region of the loss: a lower learning rate or "
             "a larger batch smooths it.", batches=(spikes[0][0], spikes[-1][0]), value=ratio))
     return out
+
+
+def _spikes(losses: list[float], offset: int, th: Thresholds,
+            window: int | None = None) -> list[tuple[int, float]]:
+    """(batch, loss / median of the window before it) of each batch over both spike bars."""
+    t = torch.tensor(losses)
+    w = window or th.spike_window
+    found = []
+    for i in range(w, len(losses)):
+        med = float(t[i - w:i].median())
+        if med > 0 and losses[i] > th.spike * med and losses[i] - med >= th.spike_min:
+            found.append((offset + i, losses[i] / med))
+    return found
+
+
+def _climb(losses: list[float], offset: int, th: Thresholds) -> list[Finding]:
+    """A stretch of training on the same images whose loss ends well above where it began
+    (medians of its first and last batches): in an epoch of hard examples, divergence."""
+    w = min(th.spike_window, len(losses) // 3)
+    if w < 2:
+        return []
+    first, last = float(torch.tensor(losses[:w]).median()), float(
+        torch.tensor(losses[-w:]).median())
+    if not last > th.diverge * first:
+        return []
+    return [Finding("error", "diverged", f"From batch {offset} on, training on the hardest "
+                    f"images, the loss rose from a median {first:.3g} over the first {w} "
+                    f"batches to {last:.3g} over the last {w}.",
+                    "Training diverged: lower the learning rate.",
+                    batches=(offset, offset + len(losses) - 1), value=last / first)]
 
 
 def loss_rise(smooth: list[float], lrs: list[float], th: Thresholds) -> list[Finding]:
@@ -385,7 +425,10 @@ def diagnose(learn=None, stats=None, history=None, gradients=None,
     if history is not None:
         findings += too_little(history, th)
         lrs = [g[0] for g in history.hps.get("lr", [])]
-        findings += loss_problems(list(history.losses), list(history.smooth_losses), lrs, th)
+        hard = (getattr(history, "meta", None) or {}).get("hard_examples")
+        restarts = list(history.epoch_ends[:-1]) if hard else []
+        findings += loss_problems(list(history.losses), list(history.smooth_losses), lrs, th,
+                                  restarts)
         findings += valid_gap(list(history.values), th)
     if stats is not None and stats.batches:
         findings += dead_layers(stats, th)

@@ -184,3 +184,46 @@ def test_finding_reads_as_a_sentence():
     f = Finding("warning", "x", "Layer 2: 93% near zero.", "Add batchnorm.", layer="2")
     assert str(f) == "[warning] Layer 2: 93% near zero. Add batchnorm."
     assert f.to_dict()["layer"] == "2"
+
+
+def hard_run(later=None):
+    """A healthy run with HardExamples(0.1): 235 batches falling to about 0.07, then two
+    epochs of 24 batches on the hardest images, whose loss starts near 0.35 and falls (the
+    shape of `convscope train --hard 0.1 --epochs 3`: 0.06-0.11 at the end of the first
+    epoch, 0.22-0.45 after)."""
+    g = torch.Generator().manual_seed(0)
+    first = [2.3 * 0.97 ** i + 0.065 for i in range(235)]
+    later = later or [0.34 - 0.003 * i for i in range(24)] * 2
+    losses = [v * (1 + 0.15 * float(torch.randn(1, generator=g))) for v in first + later]
+    smooth, avg = [], None
+    for i, v in enumerate(losses):  # the Recorder's debiased average
+        avg = v * 0.02 if avg is None else avg + 0.02 * (v - avg)
+        smooth.append(avg / (1 - 0.98 ** (i + 1)))
+    lrs = [[0.02 * min(1.0, (i + 1) / 70) * (1 - i / 283)] for i in range(283)]
+    return losses, smooth, lrs
+
+
+def test_a_hard_epochs_higher_loss_is_no_divergence():
+    losses, smooth, lrs = hard_run()
+    meta = {"hard_examples": {"fraction": 0.1, "images": 6000}}
+    hist = History(losses, smooth, {"lr": lrs}, [{}] * 3, meta, epoch_ends=[235, 259, 283])
+    assert [f.kind for f in diagnose(history=hist)] == ["healthy"]
+    # the same losses without knowing the epochs drew the hardest images: a divergence
+    plain = History(losses, smooth, {"lr": lrs}, [{}] * 3, {}, epoch_ends=[235, 259, 283])
+    assert "diverged" in [f.kind for f in diagnose(history=plain)]
+
+
+def test_a_hard_epoch_that_climbs_or_spikes_is_still_flagged():
+    meta = {"hard_examples": {"fraction": 0.1, "images": 6000}}
+    climbing = [0.34 - 0.003 * i for i in range(24)] + [0.34 + 0.03 * i for i in range(24)]
+    losses, smooth, lrs = hard_run(climbing)
+    hist = History(losses, smooth, {"lr": lrs}, [{}] * 3, meta, epoch_ends=[235, 259, 283])
+    found = next(f for f in diagnose(history=hist) if f.kind == "diverged")
+    assert found.batches == (259, 282) and "From batch 259 on, training on the hardest" \
+        in found.message
+    spiking = [0.34 - 0.003 * i for i in range(24)] * 2
+    spiking[40] = 2.0
+    losses, smooth, lrs = hard_run(spiking)
+    hist = History(losses, smooth, {"lr": lrs}, [{}] * 3, meta, epoch_ends=[235, 259, 283])
+    assert [f.batches for f in diagnose(history=hist) if f.kind == "loss_spike"] == [
+        (275, 275)]

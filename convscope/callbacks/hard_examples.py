@@ -76,6 +76,9 @@ class HardExamples(Callback):
             self.chosen = order[:self.n_hard].sort().values.cpu()
             self._chosen_epoch = self.learn.epoch
         self.learn.dls.train.restrict(self.chosen)
+        recorder = getattr(self.learn, "recorder", None)
+        if recorder is not None:  # the diagnosis judges each hard epoch's loss on its own
+            recorder.meta["hard_examples"] = {"fraction": self.fraction, "images": self.n_hard}
 
     def after_loss(self) -> None:
         learn = self.learn
