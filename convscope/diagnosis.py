@@ -426,7 +426,8 @@ def diagnose(learn=None, stats=None, history=None, gradients=None,
         findings += too_little(history, th)
         lrs = [g[0] for g in history.hps.get("lr", [])]
         hard = (getattr(history, "meta", None) or {}).get("hard_examples")
-        restarts = list(history.epoch_ends[:-1]) if hard else []
+        # each epoch's start but the first (a fit stopped mid-epoch has batches past the last)
+        restarts = [e for e in history.epoch_ends if e < len(history.losses)] if hard else []
         findings += loss_problems(list(history.losses), list(history.smooth_losses), lrs, th,
                                   restarts)
         findings += valid_gap(list(history.values), th)

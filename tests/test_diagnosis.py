@@ -211,6 +211,13 @@ def test_a_hard_epochs_higher_loss_is_no_divergence():
     # the same losses without knowing the epochs drew the hardest images: a divergence
     plain = History(losses, smooth, {"lr": lrs}, [{}] * 3, {}, epoch_ends=[235, 259, 283])
     assert "diverged" in [f.kind for f in diagnose(history=plain)]
+    # a fit stopped in its third epoch, whose hardest images read higher than the second's:
+    # the batches past the last epoch end stand on their own too
+    later = [0.2 - 0.002 * i for i in range(24)] + [0.45 - 0.003 * i for i in range(24)]
+    losses, smooth, lrs = hard_run(later)
+    stopped = History(losses[:275], smooth[:275], {"lr": lrs[:275]}, [{}] * 2, meta,
+                      epoch_ends=[235, 259])
+    assert [f.kind for f in diagnose(history=stopped)] == ["healthy"]
 
 
 def test_a_hard_epoch_that_climbs_or_spikes_is_still_flagged():
