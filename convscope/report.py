@@ -172,7 +172,10 @@ def _settings(run: Run) -> list[dict]:
                      f"momentum 0.95 -> 0.85 -> 0.95"})
     if hist.get("n_train") is not None:
         held = hist.get("held_out", "valid")
-        rows.append({"setting": "images", "value": f"{hist['n_train']:,} train, "
+        hard = hist.get("hard_examples")
+        later = (f" (epochs after the first: the hardest {hard['images']:,})"
+                 if hard and len(run.values) > 1 else "")
+        rows.append({"setting": "images", "value": f"{hist['n_train']:,} train{later}, "
                      f"{hist['n_valid']:,} {held}"})
     if meta.get("classes"):
         classes = json.loads(meta["classes"])

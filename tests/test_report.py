@@ -29,6 +29,9 @@ def test_run_folder_has_report_and_saved_data(run_dir):
     # 6 batches of 16 in epoch 0, 3 in epoch 1 (the hardest 40% of 96 images: 39)
     assert len(run.values) == 2 and len(run.history.losses) == 6 + 3
     assert run.history.epoch_ends == [6, 9]
+    assert run.history.meta["hard_examples"] == {"fraction": 0.4, "images": 39}
+    assert "96 train (epochs after the first: the hardest 39), 48 test" in (
+        run_dir / "report.html").read_text()
     assert run.stats.layer_names == ["0", "1", "2", "3", "4"]
 
 
