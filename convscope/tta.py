@@ -67,9 +67,9 @@ def tta(learn, dl=None, shift: int = 1, plain: Tensor | None = None,
                          f"{len(dl.y)} images; pass the outputs of this loader's images, in "
                          f"order.")
     moves = [(shift, 0), (-shift, 0), (0, shift), (0, -shift)]
+    if plain is None:
+        plain, _ = learn.get_preds(dl)
     with eval_mode(learn.model) as model:
-        if plain is None:
-            plain = torch.cat([model(xb) for xb, _ in dl])
         probs = plain.to(dl.device).float().softmax(dim=1)
         if unsure_below is None:
             rows = torch.arange(len(dl.y), device=probs.device)
