@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from convscope.callback import Callback, CancelFitException
 from convscope.data import MNIST_FILES, ImageData
 
 
@@ -76,3 +77,14 @@ def toy() -> ImageData:
 def private_cache(tmp_path_factory, monkeypatch):
     """Keep every test's caches (decoded image folders, downloads) out of the user's home."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+
+
+class StopAt(Callback):
+    """Stops a fit after training batch `iter` of epoch `epoch`, as a crash would there."""
+
+    def __init__(self, epoch: int, iter: int) -> None:
+        self.at = (epoch, iter)
+
+    def after_batch(self) -> None:
+        if self.learn.training and (self.learn.epoch, self.learn.iter) == self.at:
+            raise CancelFitException

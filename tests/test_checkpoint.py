@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import cli_error, stripes
+from conftest import StopAt, cli_error, stripes
 from safetensors.torch import load_file, save_file
 
 from convscope.callbacks import CheckpointCallback, GracefulStop
@@ -15,7 +15,7 @@ from convscope.checkpoint import read_checkpoint
 from convscope.cli import main
 from convscope.data import DataLoaders
 from convscope.errors import TrainingDivergedError
-from convscope.learner import Callback, CancelFitException, Learner
+from convscope.learner import Callback, Learner
 from convscope.models import simple_cnn
 from convscope.optimizers import sgd
 
@@ -63,13 +63,8 @@ def test_resume_mid_epoch_equals_uninterrupted(tmp_path):
     ref = learner([CheckpointCallback(tmp_path / "ref.safetensors", every_batches=2)])
     ref.fit_one_cycle(3, 1e-2)
 
-    class StopAt(Callback):
-        def after_batch(self):
-            if self.learn.training and self.learn.epoch == 1 and self.learn.iter == 4:
-                raise CancelFitException  # after batch 4; the checkpoint is after batch 3
-
-    ck = tmp_path / "c.safetensors"
-    learner([CheckpointCallback(ck, every_batches=2), StopAt()]).fit_one_cycle(3, 1e-2)
+    ck = tmp_path / "c.safetensors"  # stopped after batch 4; the checkpoint is after batch 3
+    learner([CheckpointCallback(ck, every_batches=2), StopAt(1, 4)]).fit_one_cycle(3, 1e-2)
     assert read_checkpoint(ck)[1]["position"] == {"epoch": 1, "batch": 4, "train_iter": 10,
                                                   "n_epoch": 3}
     resumed = learner([CheckpointCallback(ck, every_batches=2)])
@@ -94,14 +89,9 @@ def test_resume_mid_epoch_restores_activation_stats_and_grad_scaler(tmp_path):
         ref = learner(cbs(tmp_path / "ref.safetensors"))
         ref.fit_one_cycle(2, 1e-2)
 
-    class StopAt(Callback):
-        def after_batch(self):
-            if self.learn.training and self.learn.epoch == 1 and self.learn.iter == 3:
-                raise CancelFitException
-
     ck = tmp_path / "c.safetensors"
     with pytest.warns(UserWarning):
-        learner([*cbs(ck), StopAt()]).fit_one_cycle(2, 1e-2)
+        learner([*cbs(ck), StopAt(1, 3)]).fit_one_cycle(2, 1e-2)
     saved_scale = read_checkpoint(ck)[1]["callbacks"]["mixed_precision"]["scaler"]["scale"]
     with pytest.warns(UserWarning):
         resumed = learner(cbs(ck))

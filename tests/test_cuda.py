@@ -12,12 +12,12 @@ import sys
 
 import pytest
 import torch
-from conftest import stripes
+from conftest import StopAt, stripes
 
 from convscope.callbacks import ActivationStats, CheckpointCallback, MixedPrecision
 from convscope.cli import main
 from convscope.data import DataLoaders
-from convscope.learner import Callback, CancelFitException, Learner
+from convscope.learner import Learner
 from convscope.models import simple_cnn
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -54,13 +54,8 @@ def test_resume_on_cuda_continues_the_run(tmp_path):
     ref = learner([CheckpointCallback(tmp_path / "ref.safetensors", every_batches=4)])
     ref.fit_one_cycle(2, 1e-2)
 
-    class StopAt(Callback):
-        def after_batch(self):
-            if self.learn.training and self.learn.epoch == 1 and self.learn.iter == 5:
-                raise CancelFitException
-
     ck = tmp_path / "c.safetensors"
-    learner([CheckpointCallback(ck, every_batches=4), StopAt()]).fit_one_cycle(2, 1e-2)
+    learner([CheckpointCallback(ck, every_batches=4), StopAt(1, 5)]).fit_one_cycle(2, 1e-2)
     resumed = learner([CheckpointCallback(ck, every_batches=4)])
     resumed.fit_one_cycle(2, 1e-2, resume=ck)
     # cuDNN's kernels need not be bit-for-bit repeatable, so close rather than equal

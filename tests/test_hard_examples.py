@@ -6,13 +6,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import stripes
+from conftest import StopAt, stripes
 
 from convscope.callbacks import CheckpointCallback, HardExamples
 from convscope.checkpoint import read_checkpoint
 from convscope.data import DataLoaders
 from convscope.errors import UsageError
-from convscope.learner import Callback, CancelFitException, Learner
+from convscope.learner import Callback, Learner
 from convscope.models import simple_cnn
 
 
@@ -79,14 +79,9 @@ def test_resume_in_a_short_epoch_equals_uninterrupted(tmp_path):
                                                          every_batches=2)])
     ref.fit_one_cycle(3, 1e-2)
 
-    class StopAt(Callback):
-        def after_batch(self):
-            if self.learn.training and self.learn.epoch == 2 and self.learn.iter == 2:
-                raise CancelFitException  # after batch 2; the checkpoint is after batch 1
-
-    ck = tmp_path / "c.safetensors"
+    ck = tmp_path / "c.safetensors"  # stopped after batch 2; the checkpoint is after batch 1
     learner([HardExamples(0.4), CheckpointCallback(ck, every_batches=2),
-             StopAt()]).fit_one_cycle(3, 1e-2)
+             StopAt(2, 2)]).fit_one_cycle(3, 1e-2)
     # 6 batches, then ceil(0.4 * 192) = 77 images: 3 batches
     assert read_checkpoint(ck)[1]["position"] == {"epoch": 2, "batch": 2, "train_iter": 11,
                                                   "n_epoch": 3}
