@@ -17,6 +17,7 @@ import os
 import struct
 import urllib.error
 import urllib.request
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,11 +67,33 @@ def _open_idx(path: Path) -> tuple[object, int]:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
             if f.tell() < 18:
-                raise UsageError(f"{path}: not a gzip file ({f.tell()} bytes is too short).")
+                raise UsageError(f"{path}: truncated or not a gzip file: {f.tell()} bytes, "
+                                 f"a gzip file holds at least 18.")
             f.seek(-4, os.SEEK_END)
             (size,) = struct.unpack("<I", f.read(4))
         return gzip.open(path, "rb"), size
     return open(path, "rb"), path.stat().st_size
+
+
+def _gz_content_size(path: Path, cap: int) -> tuple[int, bool]:
+    """How many bytes the gzip file `path` decompresses to, counting no further than `cap`,
+    and whether its stream ends properly (False: the file is cut off). Decompresses in
+    chunks it throws away, so a file that claims more than memory holds costs time only."""
+    n, d, data = 0, zlib.decompressobj(wbits=31), b""  # 31: a gzip header and trailer
+    with open(path, "rb") as f:
+        while n < cap:
+            if not data:
+                data = f.read(1 << 16)
+                if not data:
+                    return n, d.eof
+            if d.eof:  # one member ended and bytes follow: the next member, or zero padding
+                if not data.strip(b"\0"):
+                    data = b""
+                    continue
+                d = zlib.decompressobj(wbits=31)
+            n += len(d.decompress(data, 1 << 20))
+            data = d.unused_data if d.eof else d.unconsumed_tail
+    return n, True
 
 
 def read_idx(path: str | Path, md5: str | None = None) -> np.ndarray:
@@ -117,6 +140,17 @@ def read_idx(path: str | Path, md5: str | None = None) -> np.ndarray:
             dims = struct.unpack(f">{ndim}I", raw_dims)
             n_bytes = math.prod(dims) * dtype.itemsize
             header = 4 + 4 * ndim
+            complete = True
+            if header + n_bytes != size and path.suffix == ".gz":
+                # the trailer's size is a hint: a cut-off file ends in compressed bytes, and
+                # a file of several gzip members holds the last one's size only. Count.
+                size, complete = _gz_content_size(path, header + n_bytes + 1)
+            if not complete:
+                raise UsageError(
+                    f"{path}: truncated: the gzip stream is cut off after "
+                    f"{max(0, size - header)} bytes of data; the header's dims {dims} of "
+                    f"{dtype.name} need {n_bytes}, then the gzip trailer."
+                )
             if header + n_bytes != size:
                 kind = "truncated" if header + n_bytes > size else "has trailing bytes"
                 raise UsageError(
@@ -127,9 +161,16 @@ def read_idx(path: str | Path, md5: str | None = None) -> np.ndarray:
             if len(data) != n_bytes:  # the gzip trailer can lie, the stream cannot
                 raise UsageError(f"{path}: truncated: expected {n_bytes} bytes of data, "
                                  f"read {len(data)}.")
+            if f.read(1):  # reading on to the end also checks a gzip stream's CRC
+                raise UsageError(f"{path}: has trailing bytes: the header's dims {dims} of "
+                                 f"{dtype.name} need {n_bytes} bytes of data, the file holds "
+                                 f"more.")
             if digest is not None:
                 digest.update(head + raw_dims + data)
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
+    except EOFError:  # gzip's word for a stream that stops before its end
+        raise UsageError(f"{path}: truncated: the gzip stream is cut off before its end; "
+                         f"expected a whole IDX file (raw or gzipped).") from None
+    except (OSError, gzip.BadGzipFile, zlib.error) as e:
         raise UsageError(f"{path}: cannot be read as IDX: {e}") from None
     if digest is not None and digest.hexdigest() != md5:
         raise UsageError(f"{path}: checksum mismatch: expected MD5 {md5}, "
@@ -223,6 +264,20 @@ def idx_folder(folder: str | Path, md5: dict[str, str] | None = None,
         if len(x) != len(y):
             raise UsageError(f"{folder}: {xfile} holds {len(x)} images but {yfile} holds "
                              f"{len(y)} labels.")
+        if y.dtype.kind == "f":
+            # a float label must be a class index as it stands: NaN would become a huge
+            # negative int and 2.5 a silent 2
+            wrong = ~np.isfinite(y) | (y != np.round(y)) | (y < 0) | (y >= 2**31)
+            if wrong.any():
+                i = int(np.flatnonzero(wrong)[0])
+                raise UsageError(f"{_find(folder, yfile)}: expected whole-number labels >= 0 "
+                                 f"(class indices); found {float(y[i])!r} at position {i} "
+                                 f"of these {y.dtype} labels.")
+    if len(arrays["train_labels"]) == 0:
+        xfile = MNIST_FILES["train_images"]
+        raise UsageError(f"{_find(folder, xfile)}: holds 0 images (shape "
+                         f"{arrays['train_images'].shape}); expected at least one training "
+                         f"image: the classes are read from the training labels.")
     if arrays["train_images"].shape[1:] != arrays["valid_images"].shape[1:]:
         raise UsageError(f"{folder}: train images are {arrays['train_images'].shape[1:]}, "
                          f"test images {arrays['valid_images'].shape[1:]}; they must match.")
@@ -254,21 +309,65 @@ def idx_folder(folder: str | Path, md5: dict[str, str] | None = None,
     )
 
 
-def load_image(path: str | Path) -> Tensor:
-    """Decode an image file into uint8 (C, H, W): C = 1 for grayscale, 3 for everything else
-    (palette, RGBA and CMYK images are converted to RGB). Pillow's decompression-bomb limit
-    stays on.
+# Pillow's greyscale modes: 1-bit, 8-bit, 32-bit int, 16-bit int (four byte orders), float
+GREY_MODES = ("1", "L", "I", "I;16", "I;16L", "I;16B", "I;16N", "F")
+
+
+def _int_depth(im) -> tuple[int, bool]:
+    """(bits, signed) of the samples of an integer greyscale image of mode I or I;16*."""
+    if im.mode.startswith("I;16"):
+        return 16, False
+    # mode I holds 32-bit signed ints whatever the file held; the file says how many it used
+    if im.format == "TIFF":
+        tags = getattr(im, "tag_v2", {})
+        bits, fmt = tags.get(258, 32), tags.get(339, 1)  # BitsPerSample, SampleFormat
+        bits, fmt = (v[0] if isinstance(v, tuple) else v for v in (bits, fmt))
+        return int(bits), fmt == 2
+    if im.format in ("PNG", "PPM"):  # at most 16 bits; Pillow reads PGM as 0..65535
+        return 16, False
+    return 32, True
+
+
+def to_8bit(im):
+    """`im` with 16- or 32-bit integer greyscale scaled by its bit depth to 8 bits ("L"),
+    so its values keep their spread: value * 255 / 65535 for 16 bits (Pillow's own
+    convert("L") clips at 255, which turns most such images white). Other modes are
+    returned as they are.
 
     Raises:
-        ValueError: the file is missing, not an image, truncated, or too large.
+        UsageError: a float image (mode F), whose values have no range to scale by.
+    """
+    from PIL import Image
+
+    if im.mode == "F":
+        raise UsageError("mode F (32-bit floating point) greyscale has no fixed range to "
+                         "scale to 0-255; expected an 8- or 16-bit image (save it as one)")
+    if im.mode != "I" and not im.mode.startswith("I;16"):
+        return im
+    bits, signed = _int_depth(im)
+    low = -(2 ** (bits - 1)) if signed else 0
+    scaled = (np.asarray(im).astype(np.float64) - low) * (255 / (2**bits - 1))
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))
+
+
+def load_image(path: str | Path) -> Tensor:
+    """Decode an image file into uint8 (C, H, W): C = 1 for grayscale, 3 for everything else
+    (palette, RGBA and CMYK images are converted to RGB). 16- and 32-bit integer grayscale is
+    scaled to 0..255 by its bit depth (`to_8bit`). Pillow's decompression-bomb limit stays on.
+
+    Raises:
+        ValueError: the file is missing, not an image, truncated, too large, or floating point.
     """
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
     try:
         with Image.open(path) as im:
-            im = im.convert("L") if im.mode in ("1", "L", "I;16", "I", "F") else im.convert("RGB")
+            im = to_8bit(im)
+            im = im.convert("L") if im.mode in GREY_MODES else im.convert("RGB")
             array = np.asarray(im, dtype=np.uint8)
+    except UsageError as e:
+        raise UsageError(f"{path}: {e}.") from None
     except FileNotFoundError:
         raise UsageError(f"{path}: no such image file.") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
@@ -352,7 +451,9 @@ class DataLoader:
     Iterating gives (x, y): x float32 (B, C, H, W), normalised by the per-channel `mean` and
     `std` (in 0..1 units), y int64 (B,). Shuffling draws from a generator seeded with `seed`
     and advanced once per epoch, so a run is repeatable. `restrict` limits the epochs to some
-    of the images; `batch_indices` says which images the latest batch holds.
+    of the images; `batch_indices` says which images the latest batch holds. A shuffled
+    (training) loader never yields a batch of one image, which BatchNorm cannot normalise in
+    training mode: a lone last image joins the batch before it (bs + 1 images).
     """
 
     def __init__(self, x: Tensor, y: Tensor, bs: int, shuffle: bool = False, seed: int = 0,
@@ -383,7 +484,8 @@ class DataLoader:
     def shard(self, rank: int, world_size: int) -> DataLoader:
         """Make this loader yield only rank `rank`'s share of the batches: every process
         draws the same order (same seed) and takes batches rank, rank + world_size, ...
-        Shuffled (training) loaders drop the last few batches so every rank has as many."""
+        Shuffled (training) loaders drop the last few batches so every rank has as many, and
+        a lone last image with them."""
         if not 0 <= rank < world_size:
             raise UsageError(f"Expected 0 <= rank < world_size. Received: rank={rank}, "
                              f"world_size={world_size}.")
@@ -419,13 +521,30 @@ class DataLoader:
         n = self.n_images if n_images is None else n_images
         return len(range(self.rank, self._global_batches(n), self.world_size))
 
+    def _lone_last(self, n_images: int) -> bool:
+        """Whether an epoch over `n_images` would end in a training batch of one image:
+        BatchNorm cannot normalise one value per channel, so that image is not a batch."""
+        return (self.shuffle and not self.drop_last and self.bs > 1 and n_images > 1
+                and n_images % self.bs == 1)
+
     def _global_batches(self, n_images: int) -> int:
         """The batches of an epoch over `n_images`, over every rank."""
         n = n_images // self.bs if self.drop_last else math.ceil(n_images / self.bs)
+        n -= int(self._lone_last(n_images))
         if self.world_size > 1 and self.shuffle:
             # equal counts: a rank waiting for a gradient that never comes hangs
             n = n // self.world_size * self.world_size
         return n
+
+    def _stop(self, i: int, n_images: int) -> int:
+        """Where global batch `i` of an epoch over `n_images` ends (exclusive)."""
+        stop = min((i + 1) * self.bs, n_images)
+        # one process: the lone last image joins the last batch, so none is left out. Sharded,
+        # it stays out with the other leftovers: a merged batch would be bs + 1 on one rank
+        # only, and the ranks' batches are gathered into buffers of bs.
+        if self.world_size == 1 and n_images - stop == 1 and self._lone_last(n_images):
+            stop = n_images
+        return stop
 
     @property
     def batch_indices(self) -> Tensor:
@@ -472,12 +591,13 @@ class DataLoader:
             order = perm if order is None else order[perm]
         if order is not None:
             order = order.to(self.device)
+        n = self.n_images
         for i in self._mine()[start:]:
             if order is None:
-                self._batch = sl = slice(i * self.bs, min((i + 1) * self.bs, len(self.y)))
+                self._batch = sl = slice(i * self.bs, self._stop(i, n))
                 xb, yb = self.x[sl], self.y[sl]
             else:
-                self._batch = idx = order[i * self.bs:(i + 1) * self.bs]
+                self._batch = idx = order[i * self.bs:self._stop(i, n)]
                 xb, yb = self.x[idx], self.y[idx]
             yield self.normalize(xb), yb
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -39,10 +40,30 @@ def load_model(run_dir: str | Path):
         meta = f.metadata() or {}
     if meta.get("model") != "simple_cnn":
         raise UsageError(f"{path}: a model convscope cannot rebuild ({meta.get('model')!r})")
-    model = simple_cnn(in_channels=int(meta["in_channels"]), n_classes=int(meta["n_classes"]),
-                       bn=json.loads(meta.get("bn", "true")))
+    try:
+        model = simple_cnn(in_channels=int(meta["in_channels"]),
+                           n_classes=int(meta["n_classes"]),
+                           bn=json.loads(meta.get("bn", "true")))
+    except (KeyError, ValueError, TypeError) as e:
+        raise UsageError(f"{path}: its metadata does not describe a simple_cnn ({e!r}). "
+                         f"Received: in_channels={meta.get('in_channels')!r}, n_classes="
+                         f"{meta.get('n_classes')!r}, bn={meta.get('bn')!r}; expected "
+                         f"whole numbers and true/false.") from None
     model.load_state_dict(load_file(path))
     return model.eval(), meta
+
+
+def class_names(meta: dict[str, str], path: str | Path) -> list[str]:
+    """The class names saved in a run's metadata: a JSON list of strings, or none."""
+    raw = meta.get("classes", "[]")
+    try:
+        classes = json.loads(raw)
+    except ValueError:
+        classes = None
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise UsageError(f"{path}: metadata 'classes' must be a JSON list of class names. "
+                         f"Received: {raw[:200]!r}.")
+    return classes
 
 
 def blocks_of(model: nn.Module) -> list[tuple[str, nn.Module, nn.Conv2d]]:
@@ -81,14 +102,29 @@ def activations(model: nn.Module, image: torch.Tensor, mean, std) -> tuple[list,
     return layers, logits.softmax(0).tolist()
 
 
+# Inside <script> the HTML parser looks for "</script" and "<!--" before JavaScript reads a
+# thing, so no "<" may reach it; ">" and "&" go too, and U+2028/2029, which end a line in
+# older JavaScript strings. JSON's \u escapes read back as the same characters.
+_SCRIPT_SAFE = {ord("<"): "\\u003c", ord(">"): "\\u003e", ord("&"): "\\u0026",
+                0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
+def script_json(value) -> str:
+    """`value` as JSON that can sit inside an inline <script> whatever its strings hold."""
+    return json.dumps(value).translate(_SCRIPT_SAFE)
+
+
 def page(layers: list[dict], image: torch.Tensor, probs: list[float], classes: list[str],
          title: str) -> str:
-    """The self-contained explorer page."""
+    """The self-contained explorer page. The page builds all its text with textContent, so a
+    class name or title is shown as written, never run as markup."""
     data = {"image": image.permute(1, 2, 0).flatten().tolist(), "ishape": list(image.shape),
             "layers": layers, "probs": probs, "classes": classes}
+    values = {"__TITLE__": html.escape(title), "__DATA__": script_json(data)}
     template = (Path(__file__).with_name("explore.html")).read_text()
-    return template.replace("__TITLE__", html.escape(title)).replace(
-        "__DATA__", json.dumps(data).replace("</", "<\\/"))
+    # one pass: a value that holds a placeholder's name (a run folder called __DATA__) is
+    # never scanned again
+    return re.sub("|".join(values), lambda m: values[m.group(0)], template)
 
 
 def write_explore(run_dir: str | Path, out: str | Path, image: torch.Tensor, source: str) -> Path:
@@ -104,7 +140,7 @@ def write_explore(run_dir: str | Path, out: str | Path, image: torch.Tensor, sou
         image = F.interpolate(image[None].float(), size=(h, w), mode="area")[0].round().to(
             torch.uint8)
     layers, probs = activations(model, image, json.loads(meta["mean"]), json.loads(meta["std"]))
-    classes = json.loads(meta.get("classes", "[]"))
+    classes = class_names(meta, Path(run_dir) / "model.safetensors")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     title = f"convscope explore: {Path(run_dir).name}, {source}"

@@ -5,10 +5,12 @@ Two layouts are understood:
     DIR/train/<class>/*.png and DIR/valid/<class>/*.png (or DIR/test/...)
     DIR/<class>/*.png, split into train and valid by a seeded random fraction.
 Every image is decoded once, converted to one mode for the whole set (grayscale when every
-image is, RGB otherwise: palette, RGBA and CMYK included) and resized (squashed) to
-size x size. The decoded set is cached as a memory-mapped uint8 .npy keyed by the file list,
-sizes and modification times and the settings, so later epochs and later runs do not decode
-again, and a changed file gets a new cache.
+image is, RGB otherwise: palette, RGBA and CMYK included; 16-bit grayscale scaled to 0..255 by
+its depth) and resized (squashed) to size x size. The decoded set is cached as a memory-mapped
+uint8 .npy keyed by the file list, sizes and modification times and the settings, so later
+epochs and later runs do not decode again, and a changed file gets a new cache. A cache file
+that cannot be read whole is decoded again and rewritten; a cache folder that cannot be
+written is done without.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from convscope.data import ImageData, cache_dir
+from convscope.data import GREY_MODES, ImageData, cache_dir, to_8bit
 from convscope.errors import UsageError
 from convscope.files import atomic_write, atomic_write_bytes
 
@@ -40,6 +42,31 @@ def _class_folders(root: Path) -> dict[str, list[Path]]:
             and not d.name.startswith(".")}
 
 
+def _refuse_links_back(root: Path, split_roots: list[Path]) -> None:
+    """Refuse class folders that are links back into the dataset: to its folder or one above
+    it (the class would hold a copy of every image, under a second label, in train and valid
+    alike) or into another class's folder (the same images under two labels)."""
+    real_root = root.resolve()
+    folders = [d for s in split_roots for d in sorted(s.iterdir())
+               if d.is_dir() and not d.name.startswith(".")]
+    real = {d: d.resolve() for d in folders}
+    bad = []
+    for link in (d for d in folders if d.is_symlink()):
+        target = real[link]
+        if real_root == target or real_root.is_relative_to(target):
+            bad.append(f"{link} -> {target} (the dataset folder"
+                       f"{'' if real_root == target else ' or one above it'})")
+            continue
+        other = next((d for d in folders if d != link and (
+            real[d].is_relative_to(target) or target.is_relative_to(real[d]))), None)
+        if other is not None:
+            bad.append(f"{link} -> {target} (overlaps the class folder {other})")
+    if bad:
+        raise UsageError(f"{root}: class folder(s) that link back into the dataset: "
+                         f"{'; '.join(bad)}. Expected each class folder to hold its own "
+                         f"images; remove the link(s) or point them outside {root}.")
+
+
 def valid_dir(root: Path) -> Path | None:
     """The folder's own valid split (DIR/valid, val or test beside DIR/train), if it has one.
     Looks at folder names only: no scan of the images."""
@@ -54,6 +81,7 @@ def find_layout(root: Path) -> tuple[dict[str, list[Path]], dict[str, list[Path]
     if not root.is_dir():
         raise UsageError(f"Image folder not found. Received: {str(root)!r}.")
     valid_folder = valid_dir(root)
+    _refuse_links_back(root, [root] if valid_folder is None else [root / "train", valid_folder])
     if valid_folder is not None:
         train, valid = _class_folders(root / "train"), _class_folders(valid_folder)
     else:
@@ -82,12 +110,14 @@ def _decode(path: Path, size: int, mode: str) -> np.ndarray | str:
 
     try:
         with Image.open(path) as im:
-            im = im.convert(mode)
+            im = to_8bit(im).convert(mode)  # 16-bit greyscale scaled, not clipped at 255
             if im.size != (size, size):
                 im = im.resize((size, size), Image.Resampling.BILINEAR)
             return np.asarray(im, dtype=np.uint8)
     except Image.DecompressionBombError as e:
         return f"refused, too many pixels (a decompression bomb?): {e}"
+    except UsageError as e:  # a mode with no 8-bit mapping
+        return str(e)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         return f"cannot be read as an image: {e}"
 
@@ -99,7 +129,7 @@ def _probe_mode(files: list[Path]) -> str:
     for f in files:
         try:
             with Image.open(f) as im:
-                if im.mode not in ("1", "L", "I;16", "I", "F"):
+                if im.mode not in GREY_MODES:
                     return "RGB"
         except Exception:  # a bad file: reported when it is decoded
             continue
@@ -108,7 +138,8 @@ def _probe_mode(files: list[Path]) -> str:
 
 def _cache_key(files: list[Path], size: int, mode: str, skip_bad: bool) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps({"size": size, "mode": mode, "skip_bad": skip_bad, "v": 1}).encode())
+    # v2: 16-bit greyscale is scaled by its depth (v1 clipped it at 255), so v1 sets go
+    h.update(json.dumps({"size": size, "mode": mode, "skip_bad": skip_bad, "v": 2}).encode())
     for f in files:
         st = f.stat()
         h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
@@ -127,9 +158,9 @@ def decode_all(files: list[Path], size: int, mode: str, skip_bad: bool = False,
     key = _cache_key(files, size, mode, skip_bad)
     if cache is not None:
         x_path, meta_path = cache / f"{key}.npy", cache / f"{key}.json"
-        if x_path.is_file() and meta_path.is_file():
-            meta = json.loads(meta_path.read_text())
-            return np.load(x_path, mmap_mode="r"), meta["kept"], meta["bad"]
+        hit = _read_cache(x_path, meta_path, (1 if mode == "L" else 3, size, size), len(files))
+        if hit is not None:
+            return hit
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         decoded = list(pool.map(lambda f: _decode(f, size, mode), files))
     bad = [f"{f}: {d}" for f, d in zip(files, decoded, strict=True) if isinstance(d, str)]
@@ -145,11 +176,35 @@ def decode_all(files: list[Path], size: int, mode: str, skip_bad: bool = False,
     x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)  # (N, C, H, W)
     x = np.ascontiguousarray(x)
     if cache is not None:
-        cache.mkdir(parents=True, exist_ok=True)
-        atomic_write(x_path, lambda f: np.save(f, x))
-        atomic_write_bytes(meta_path, json.dumps({"kept": kept, "bad": bad}).encode())
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            atomic_write(x_path, lambda f: np.save(f, x))
+            atomic_write_bytes(meta_path, json.dumps({"kept": kept, "bad": bad}).encode())
+        except OSError:  # read-only, full, or not a folder: the cache only saves a decode
+            return x, kept, bad
         x = np.load(x_path, mmap_mode="r")
     return x, kept, bad
+
+
+def _read_cache(x_path: Path, meta_path: Path, image_shape: tuple[int, int, int],
+                n_files: int) -> tuple[np.ndarray, list[int], list[str]] | None:
+    """The cached images, kept indices and messages of `decode_all`, or None when the cache
+    lacks them or holds files that cannot be read whole (cut off by a full disk or a killed
+    copy) or that do not fit this file list: the caller decodes again and rewrites them."""
+    if not (x_path.is_file() and meta_path.is_file()):
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        kept, bad = meta["kept"], meta["bad"]
+        x = np.load(x_path, mmap_mode="r")
+        whole = x_path.stat().st_size == x.offset + x.nbytes
+    except (OSError, ValueError, KeyError, TypeError, EOFError):
+        return None
+    if (whole and isinstance(kept, list) and isinstance(bad, list) and x.dtype == np.uint8
+            and x.shape == (len(kept), *image_shape)
+            and all(isinstance(i, int) and 0 <= i < n_files for i in kept)):
+        return x, kept, bad
+    return None
 
 
 def image_folder(path: str | Path, size: int = 28, valid_pct: float = 0.2, seed: int = 0,

@@ -383,3 +383,87 @@ def test_labels_outside_the_class_count(tmp_path):
     with pytest.raises(ValueError, match=r"train-labels-idx1-ubyte.gz: label 9 is outside the 2 "
                                          r"classes \(0..1\)"):
         idx_folder(folder, n_classes=2)
+
+
+@pytest.mark.parametrize("n,bs", [(3001, 1000), (257, 256), (33, 16), (2, 1), (1, 4)])
+def test_a_shuffled_loader_never_yields_a_batch_of_one(n, bs):
+    x, y = torch.zeros(n, 1, 2, 2, dtype=torch.uint8), torch.arange(n)
+    dl = DataLoader(x, y, bs, shuffle=True, seed=1)
+    sizes = [len(yb) for _, yb in dl]
+    # a lone last image joins the batch before it; bs 1 (or one image in all) has no other way
+    assert len(sizes) == len(dl) == dl.n_batches()
+    assert min(sizes) > 1 or bs == 1 or n == 1
+    assert sum(sizes) == n
+    state = dl.generator.get_state()
+    whole = [dl.batch_indices.clone() for _ in dl]
+    assert sorted(torch.cat(whole).tolist()) == list(range(n))
+    for start in range(len(whole)):  # a resumed epoch yields the rest of the same batches
+        dl.generator.set_state(state)
+        rest = [dl.batch_indices.clone() for _ in dl.batches(start)]
+        assert len(rest) == len(whole) - start
+        assert all(torch.equal(a, b) for a, b in zip(rest, whole[start:], strict=True))
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_sharded_and_restricted_loaders_never_yield_a_batch_of_one(world_size):
+    n, bs = 3 * 16 + 1, 16  # 4 batches, the last of one image
+    x, y = torch.zeros(200, 1, 2, 2, dtype=torch.uint8), torch.arange(200)
+    dl = DataLoader(x, y, bs, shuffle=True, seed=0).restrict(torch.arange(0, 2 * n, 2))
+    seen = []
+    for rank in range(world_size):
+        dl.shard(rank, world_size)
+        dl.generator.manual_seed(5)
+        batches = [dl.batch_indices.clone() for _ in dl]
+        assert len(batches) == len(dl) == dl.n_batches(n) and all(len(b) > 1 for b in batches)
+        seen += torch.cat(batches).tolist() if batches else []
+    assert len(set(seen)) == len(seen) and set(seen) <= set(range(0, 2 * n, 2))
+    assert len({len(dl.shard(r, world_size)) for r in range(world_size)}) == 1
+
+
+def test_an_ordered_loader_keeps_a_last_batch_of_one():
+    # valid loaders are evaluated in eval mode, where BatchNorm takes a batch of one
+    dl = DataLoader(torch.zeros(129, 1, 2, 2, dtype=torch.uint8), torch.arange(129), 128)
+    assert [len(yb) for _, yb in dl] == [128, 1] and len(dl) == 2
+
+
+def test_load_image_scales_16_bit_greyscale_by_its_depth(tmp_path):
+    from PIL import Image
+
+    from convscope.data import load_image
+
+    for value in (1000, 60000):
+        Image.new("I;16", (3, 2), value).save(tmp_path / f"{value}.png")
+    assert load_image(tmp_path / "1000.png").unique().tolist() == [4]  # 1000 * 255 / 65535
+    assert load_image(tmp_path / "60000.png").unique().tolist() == [233]
+    Image.new("F", (3, 2), 0.5).save(tmp_path / "f.tif")
+    with pytest.raises(ValueError, match=r"f.tif: mode F \(32-bit floating point\)"):
+        load_image(tmp_path / "f.tif")
+
+
+def test_read_idx_corrupt_gzip_data_is_named(tmp_path):
+    raw = bytearray(gzip.compress(idx_bytes((np.arange(4000) % 7).astype(np.uint8))))
+    raw[20] ^= 0x5A  # inside the deflate stream: zlib's own error, not gzip's
+    path = tmp_path / "c.gz"
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="c.gz: cannot be read as IDX"):
+        read_idx(path)
+
+
+def test_read_idx_several_gzip_members(tmp_path):
+    payload = idx_bytes(np.arange(100, dtype=np.uint8).reshape(10, 10))
+    path = tmp_path / "m.gz"  # the trailer holds the last member's size only
+    path.write_bytes(gzip.compress(payload[:50]) + gzip.compress(payload[50:]))
+    np.testing.assert_array_equal(read_idx(path), np.arange(100).reshape(10, 10))
+
+
+def test_read_idx_checks_the_gzip_crc(tmp_path):
+    payload = bytearray(idx_bytes(np.zeros(64, np.uint8)))
+    raw = bytearray(gzip.compress(bytes(payload)))
+    good_crc = raw[-8:-4]
+    payload[-1] = 1  # other data under the same size and the old CRC
+    raw = bytearray(gzip.compress(bytes(payload)))
+    raw[-8:-4] = good_crc
+    path = tmp_path / "crc.gz"
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="crc.gz: cannot be read as IDX: CRC check failed"):
+        read_idx(path)

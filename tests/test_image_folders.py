@@ -136,7 +136,7 @@ def test_train_on_a_colour_image_folder(tmp_path, capsys):
                  "--augment", "--out", str(run)]) == 0
     out = capsys.readouterr().out
     assert "24 train, 6 valid images of 3 x 16 x 16, 3 classes" in out
-    assert "valid accuracy:" in out  # a valid/ folder is not called a test set
+    assert "valid accuracy " in out  # a valid/ folder is not called a test set
     from safetensors import safe_open
 
     with safe_open(str(run / "model.safetensors"), "pt") as f:
@@ -157,7 +157,8 @@ def test_cli_bad_image_folder(tmp_path, capsys):
 
 
 def test_held_out_set_is_named_for_what_it_is(tmp_path):
-    from convscope.recipe import TrainConfig, held_out_name
+    from convscope.config import TrainConfig
+    from convscope.run.data import held_out_name
 
     split = make_folder(tmp_path / "a", n=2)
     (tmp_path / "b").mkdir()
@@ -167,3 +168,30 @@ def test_held_out_set_is_named_for_what_it_is(tmp_path):
     assert held_out_name(TrainConfig(valid_pct=0.1)) == "valid"
     assert held_out_name(TrainConfig(data=str(tmp_path / "b"))) == "test"
     assert held_out_name(TrainConfig(data=str(make_folder(tmp_path / "c", n=2)))) == "valid"
+
+
+def test_16_bit_greyscale_among_colour_images_is_scaled_not_clipped(tmp_path):
+    root = make_folder(tmp_path / "d", modes=("RGB",))
+    Image.new("I;16", (12, 10), 1000).save(root / "train" / "cat" / "deep.png")
+    data = image_folder(root, size=8, cache=None)
+    deep = data.x_train[data.y_train == 0][-1]  # sorted last among cat's files
+    assert deep.unique().tolist() == [4]  # 1000 * 255 / 65535 on every channel, not 255
+
+
+def test_class_folders_linked_from_outside_the_dataset_are_classes(tmp_path):
+    root = make_folder(tmp_path / "d", layout="flat")
+    outside = make_folder(tmp_path / "elsewhere", layout="flat")
+    (root / "emu").symlink_to(outside / "owl", target_is_directory=True)
+    (root / "owl" / "nested").symlink_to(root, target_is_directory=True)  # not walked into
+    data = image_folder(root, valid_pct=0.25, cache=None)
+    assert data.classes == ["cat", "dog", "emu", "owl"]
+    assert len(data.y_train) + len(data.y_valid) == 4 * 6
+
+
+def test_a_class_folder_linked_into_another_split_is_refused(tmp_path):
+    root = make_folder(tmp_path / "d")
+    (root / "valid" / "cat").rename(tmp_path / "old-cat")
+    (root / "valid" / "cat").symlink_to(root / "train" / "cat", target_is_directory=True)
+    with pytest.raises(ValueError, match=r"valid/cat -> .*train/cat \(overlaps the class "
+                                         r"folder .*train/cat\)"):
+        image_folder(root, cache=None)
