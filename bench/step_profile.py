@@ -8,7 +8,7 @@
 3. torch.profiler over 30 training steps, CPU time grouped by what it is: convolution,
    batchnorm, ReLU, the optimizer step, the data (indexing and normalising a batch), the loss,
    and the rest, per step and as shares. An op counts as what the nearest event around it is
-   (the ops inside convscope's BatchNorm2d count as batchnorm), else as what its name says.
+   (the ops inside convscope's FastBatchNorm2d count as batchnorm), else as what its name says.
 
     .venv/bin/python bench/step_profile.py [--steps 30] [--bs 256]
 """
@@ -21,8 +21,9 @@ import time
 
 import torch
 
-from convscope import ChannelsLast, DataLoaders, Learner, defaults, mnist, simple_cnn
+from convscope import ChannelsLast, DataLoaders, Learner, mnist, simple_cnn
 from convscope.model_summary import summary
+from convscope.recipes import RECIPES
 
 CATEGORIES = (  # (category, substrings of op and event names), first match wins
     ("convolution", ("convolution", "conv2d", "mkldnn_conv")),
@@ -52,7 +53,7 @@ def category(name: str) -> str:
 
 def event_category(evt) -> str:
     """The category of the nearest event around an op that has one, else the op's own: the
-    ops inside convscope's BatchNorm2d (an autograd Function, forward and backward) count as
+    ops inside convscope's FastBatchNorm2d (an autograd Function, forward and backward) count as
     batchnorm, those of an optimizer step as the optimizer, whatever their names."""
     outer = evt.cpu_parent
     while outer is not None:
@@ -66,7 +67,8 @@ def event_category(evt) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--bs", type=int, default=defaults.BS, help="training batch size")
+    parser.add_argument("--bs", type=int, default=RECIPES["fast"].settings["bs"],
+                        help="training batch size")
     args = parser.parse_args()
     fp32, bf16 = ceiling(torch.float32), ceiling(torch.bfloat16)
     print(f"matmul 2048^2, {torch.get_num_threads()} threads: fp32 {fp32:.0f} GFLOP/s, bf16 "

@@ -1,4 +1,4 @@
-"""BatchNorm2d: torch's nn.BatchNorm2d, with a faster training path for a few channels in
+"""FastBatchNorm2d: torch's nn.BatchNorm2d, with a faster training path for a few channels in
 channels_last memory order on the CPU.
 
 torch's CPU kernel for channels_last batchnorm works along the channels of each pixel; with
@@ -84,7 +84,7 @@ class _BatchStatsNorm(torch.autograd.Function):
 
 
 def uses_fast_path(bn: nn.BatchNorm2d, x: Tensor) -> bool:
-    """Whether `BatchNorm2d` computes x with its own path rather than torch's kernel."""
+    """Whether `FastBatchNorm2d` computes x with its own path rather than torch's kernel."""
     return ((bn.training or bn.running_mean is None) and bn.affine and x.ndim == 4
             and x.device.type == "cpu" and x.dtype == torch.float32
             and bn.weight.dtype == torch.float32
@@ -94,7 +94,7 @@ def uses_fast_path(bn: nn.BatchNorm2d, x: Tensor) -> bool:
             and not torch.is_autocast_enabled("cpu"))
 
 
-class BatchNorm2d(nn.BatchNorm2d):
+class FastBatchNorm2d(nn.BatchNorm2d):
     """nn.BatchNorm2d (same arguments, parameters and buffers); see the module docstring for
     when it runs its own faster path instead of torch's kernel."""
 

@@ -1,5 +1,6 @@
-"""Layers: the conv block of chapter 13 (conv -> batchnorm -> ReLU), Flatten, and a BatchNorm2d
-written from scratch to show what batchnorm computes."""
+"""Layers: the conv block of chapter 13 (conv -> batchnorm -> ReLU), Flatten, and
+ScratchBatchNorm2d, batchnorm written from scratch to show what it computes (simple_cnn uses
+batchnorm.FastBatchNorm2d, torch's with a faster CPU path)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ class Flatten(nn.Module):
 
 def conv(ni: int, nf: int, ks: int = 3, stride: int = 2, act: bool = True,
          bn: bool = True) -> nn.Sequential:
-    """A conv block: Conv2d (padding ks//2), then optionally BatchNorm2d and ReLU.
+    """A conv block: Conv2d (padding ks//2), then optionally batchnorm (FastBatchNorm2d) and ReLU.
 
     The conv has no bias when batchnorm follows, since batchnorm's beta would cancel it.
 
@@ -29,7 +30,7 @@ def conv(ni: int, nf: int, ks: int = 3, stride: int = 2, act: bool = True,
         ks: kernel size, odd so that padding ks//2 keeps the grid centred.
         stride: 2 halves the grid, as every layer of `simple_cnn` does.
         act: end with a ReLU.
-        bn: add a BatchNorm2d after the conv.
+        bn: add batchnorm after the conv.
 
     >>> import torch
     >>> block = conv(1, 8, ks=5)
@@ -41,13 +42,13 @@ def conv(ni: int, nf: int, ks: int = 3, stride: int = 2, act: bool = True,
                          f"Received: ks={ks}.")
     layers: list[nn.Module] = [nn.Conv2d(ni, nf, ks, stride=stride, padding=ks // 2, bias=not bn)]
     if bn:
-        layers.append(batchnorm.BatchNorm2d(nf))
+        layers.append(batchnorm.FastBatchNorm2d(nf))
     if act:
         layers.append(nn.ReLU())
     return nn.Sequential(*layers)
 
 
-class BatchNorm2d(nn.Module):
+class ScratchBatchNorm2d(nn.Module):
     """Batch normalisation written out, to show what nn.BatchNorm2d does.
 
     In training, each channel is normalised by the mean and (biased) variance of the batch
@@ -56,7 +57,7 @@ class BatchNorm2d(nn.Module):
     are buffers, updated in training and used instead of the batch's in evaluation.
 
     >>> import torch
-    >>> bn = BatchNorm2d(3)
+    >>> bn = ScratchBatchNorm2d(3)
     >>> [name for name, p in bn.named_parameters()], [name for name, b in bn.named_buffers()]
     (['weight', 'bias'], ['running_mean', 'running_var', 'num_batches_tracked'])
     """
@@ -72,7 +73,7 @@ class BatchNorm2d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if x.ndim != 4 or x.shape[1] != self.num_features:
-            raise UsageError(f"BatchNorm2d({self.num_features}) expects (N, "
+            raise UsageError(f"ScratchBatchNorm2d({self.num_features}) expects (N, "
                              f"{self.num_features}, H, W). Received: {tuple(x.shape)}.")
         if self.training:
             mean = x.mean(dim=(0, 2, 3))  # (C,)

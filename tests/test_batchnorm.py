@@ -5,14 +5,14 @@ import torch
 from torch import nn
 
 from convscope import simple_cnn
-from convscope.batchnorm import BatchNorm2d, _BatchStatsNorm, uses_fast_path
+from convscope.batchnorm import FastBatchNorm2d, _BatchStatsNorm, uses_fast_path
 
 CL = torch.channels_last
 
 
-def pair(c: int, **kwargs) -> tuple[BatchNorm2d, nn.BatchNorm2d]:
+def pair(c: int, **kwargs) -> tuple[FastBatchNorm2d, nn.BatchNorm2d]:
     torch.manual_seed(0)
-    ours, ref = BatchNorm2d(c, **kwargs), nn.BatchNorm2d(c, **kwargs)
+    ours, ref = FastBatchNorm2d(c, **kwargs), nn.BatchNorm2d(c, **kwargs)
     with torch.no_grad():
         ours.weight.uniform_(0.5, 2.0)
         ours.bias.normal_()
@@ -91,7 +91,7 @@ def test_torch_kernel_where_the_fast_path_does_not_pay_or_apply(case):
 
 def test_a_drop_in_nn_batchnorm2d():
     blocks = [m for m in simple_cnn().modules() if isinstance(m, nn.BatchNorm2d)]
-    assert len(blocks) == 5 and all(type(m) is BatchNorm2d for m in blocks)
+    assert len(blocks) == 5 and all(type(m) is FastBatchNorm2d for m in blocks)
     ours, ref = pair(8)
     assert ours.state_dict().keys() == ref.state_dict().keys()
     synced = nn.SyncBatchNorm.convert_sync_batchnorm(nn.Sequential(ours))
