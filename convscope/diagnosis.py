@@ -197,11 +197,11 @@ def loss_problems(losses: list[float], smooth: list[float], lrs: list[float],
                   th: Thresholds, restarts: list[int] | tuple[int, ...] = ()) -> list[Finding]:
     """NaN or infinite loss, a loss that diverges or never goes down, and spikes at high lr.
 
-    `restarts`: the batches where training moved on to other images (each epoch after the
-    first, with HardExamples: the hardest images, so the loss steps up there). The trend is
-    judged on the batches before the first restart; each stretch from a restart on is judged
-    on its own, for spikes against its own recent median and for a climb from its first
-    batches to its last."""
+    `restarts`: the batches where the training set changed (the Recorder's marks: a callback
+    made an epoch draw other images, so the loss may step there). The trend is judged on the
+    batches before the first restart; each stretch from a restart on is judged on its own,
+    for spikes against its own recent median and for a climb from its first batches to its
+    last."""
     out = []
     if not losses:
         return out
@@ -219,7 +219,7 @@ def loss_problems(losses: list[float], smooth: list[float], lrs: list[float],
     if smooth[-1] > th.diverge * smooth[best] and best < len(smooth) - 1:
         out.append(Finding("error", "diverged", f"The smoothed loss rose from {smooth[best]:.3g}"
                            f" at batch {best} to {smooth[-1]:.3g} at the end"
-                           + (" of the first epoch." if restarts else "."),
+                           + (" before the training set first changed." if restarts else "."),
                            "Training diverged: lower the learning rate.",
                            batches=(best, len(smooth) - 1), value=smooth[-1] / smooth[best]))
     elif len(smooth) >= 20 and smooth[-1] > th.stuck * smooth[0]:
@@ -231,7 +231,7 @@ def loss_problems(losses: list[float], smooth: list[float], lrs: list[float],
     spikes = _spikes(losses[:head], 0, th)
     bounds = [*restarts, len(losses)]
     for a, b in pairwise(bounds):
-        # an epoch of hard examples may be shorter than the window: half of it, 5 at least
+        # a stretch may be shorter than the window: half of it, 5 at least
         window = min(th.spike_window, (b - a) // 2)
         spikes += _spikes(losses[a:b], a, th, window) if window >= 5 else []
         out += _climb(losses[a:b], a, th)
@@ -267,7 +267,7 @@ def _spikes(losses: list[float], offset: int, th: Thresholds,
 
 def _climb(losses: list[float], offset: int, th: Thresholds) -> list[Finding]:
     """A stretch of training on the same images whose loss ends well above where it began
-    (medians of its first and last batches): in an epoch of hard examples, divergence."""
+    (medians of its first and last batches): on images that stay the same, divergence."""
     w = min(th.spike_window, len(losses) // 3)
     if w < 2:
         return []
@@ -275,8 +275,8 @@ def _climb(losses: list[float], offset: int, th: Thresholds) -> list[Finding]:
         torch.tensor(losses[-w:]).median())
     if not last > th.diverge * first:
         return []
-    return [Finding("error", "diverged", f"From batch {offset} on, training on the hardest "
-                    f"images, the loss rose from a median {first:.3g} over the first {w} "
+    return [Finding("error", "diverged", f"From batch {offset} on, where the training set "
+                    f"changed, the loss rose from a median {first:.3g} over the first {w} "
                     f"batches to {last:.3g} over the last {w}.",
                     "Training diverged: lower the learning rate.",
                     batches=(offset, offset + len(losses) - 1), value=last / first)]
@@ -425,9 +425,9 @@ def diagnose(learn=None, stats=None, history=None, gradients=None,
     if history is not None:
         findings += too_little(history, th)
         lrs = [g[0] for g in history.hps.get("lr", [])]
-        hard = (getattr(history, "meta", None) or {}).get("hard_examples")
-        # each epoch's start but the first (a fit stopped mid-epoch has batches past the last)
-        restarts = [e for e in history.epoch_ends if e < len(history.losses)] if hard else []
+        # where the training set changed (a resumed or stopped fit: only those recorded)
+        restarts = sorted({m["batch"] for m in getattr(history, "marks", [])
+                           if 0 < m["batch"] < len(history.losses)})
         findings += loss_problems(list(history.losses), list(history.smooth_losses), lrs, th,
                                   restarts)
         findings += valid_gap(list(history.values), th)

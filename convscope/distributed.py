@@ -148,7 +148,6 @@ class Distributed(Callback):
         learn.model = self.wrapped
         learn.dls.train.shard(self.info.rank, self.info.world_size)
         learn.dls.valid.shard(self.info.rank, self.info.world_size)
-        learn.total_iters = learn.n_epoch * len(learn.dls.train)  # the shard's length
 
     def before_validate(self) -> None:
         # each process evaluates its own valid shard with the plain model: no collectives

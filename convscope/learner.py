@@ -11,8 +11,7 @@ summary (model_summary.py).
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import torch
@@ -30,21 +29,12 @@ from convscope.callback import (
 from convscope.data import DataLoader, DataLoaders
 from convscope.errors import UsageError
 from convscope.metrics import accuracy, metric_name
+from convscope.models import eval_mode
 from convscope.optimizers import adamw
+from convscope.tta import tta
 
 __all__ = ["EVENTS", "Callback", "CancelBatchException", "CancelEpochException",
            "CancelFitException", "Learner", "accuracy"]
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """The model in eval mode inside the block, back in the mode it had after it."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 class Learner:
@@ -84,7 +74,8 @@ class Learner:
         self.cbs: list[Callback] = []
         self._handlers: dict[str, list[Callable[[], None]]] = {e: [] for e in EVENTS}
         self.epoch = self.n_epoch = self.iter = self.n_iter = 0
-        self.train_iter = self.total_iters = 0
+        self.train_iter = 0
+        self._total_iters: int | None = None
         self.training = False
         self._resume: str | Path | None = None
         self._start_batch = 0
@@ -112,6 +103,35 @@ class Learner:
         lines = repr(self).splitlines()
         items = "".join(f"<li>{html.escape(line.strip())}</li>" for line in lines[1:])
         return f"<p><b>{html.escape(lines[0])}</b></p><ul>{items}</ul>"
+
+    # --- epoch lengths ---------------------------------------------------------------------
+    def epoch_images(self, epoch: int) -> int:
+        """How many training images epoch `epoch` draws: every image, unless a callback that
+        shortens epochs (one with an `epoch_images(epoch)` method) says fewer; the fewest
+        any callback says."""
+        said = [n for cb in self.cbs if callable(getattr(cb, "epoch_images", None))
+                if (n := cb.epoch_images(epoch)) is not None]
+        return min([len(self.dls.train.y), *said])
+
+    def epoch_length(self, epoch: int) -> int:
+        """This process's training batches in epoch `epoch`, as the loader stands (a shard
+        of the batches under several processes) and the callbacks shorten it."""
+        return self.dls.train.n_batches(self.epoch_images(epoch))
+
+    @property
+    def total_iters(self) -> int:
+        """The training batches of the whole fit: what schedules span. Computed from the
+        epoch lengths whenever it is read, so no callback sets it and the order in which
+        callbacks shard or shorten epochs does not matter."""
+        if self._total_iters is not None:
+            return self._total_iters
+        return sum(self.epoch_length(e) for e in range(self.n_epoch))
+
+    @total_iters.setter
+    def total_iters(self, value: int | None) -> None:
+        """A fixed total for a fit that is not epochs of the training set (lr_find's sweep);
+        None: computed from the epoch lengths again."""
+        self._total_iters = value
 
     # --- callbacks -------------------------------------------------------------------------
     def add_cb(self, cb: Callback) -> Learner:
@@ -209,7 +229,7 @@ class Learner:
             for group in self.opt.param_groups:
                 group["lr"] = lr
             self.n_epoch = n_epoch
-            self.train_iter, self.total_iters = 0, n_epoch * len(self.dls.train)
+            self.train_iter, self._total_iters = 0, None
             self._resume = resume
             self._with_events(self._do_fit, "fit", CancelFitException)
         finally:
@@ -334,8 +354,6 @@ class Learner:
         set by default) and its four shifts by `shift` pixels, and the targets; `plain`: the
         outputs on `dl` as it is, when at hand; `unsure_below`: only the images whose top
         probability is under it. See convscope.tta."""
-        from convscope.tta import tta
-
         return tta(self, dl, shift=shift, plain=plain, unsure_below=unsure_below)
 
     def validate(self, dl: DataLoader | None = None) -> dict[str, float]:

@@ -8,7 +8,8 @@ after each stride-2 conv so the compute per layer stays about the same as the gr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 from torch import Tensor, nn
 
@@ -19,9 +20,12 @@ from convscope.layers import Flatten, conv
 class SimpleCNN(nn.Sequential):
     """An nn.Sequential of conv blocks that checks its input before running it."""
 
-    def __init__(self, *layers: nn.Module, in_channels: int, min_size: int) -> None:
+    def __init__(self, *layers: nn.Module, in_channels: int, min_size: int,
+                 arguments: dict | None = None) -> None:
         super().__init__(*layers)
         self.in_channels, self.min_size = in_channels, min_size
+        # what simple_cnn was called with: a run folder records it to rebuild the model
+        self.arguments = arguments or {}
 
     def forward(self, x: Tensor) -> Tensor:
         if x.ndim != 4 or x.shape[1] != self.in_channels or min(x.shape[-2:]) < self.min_size:
@@ -62,4 +66,17 @@ def simple_cnn(in_channels: int = 1, n_classes: int = 10,
     # After len(widths)+1 stride-2 convs a 28x28 image is 1x1; bigger input leaves a grid
     # that Flatten would turn into more than n_classes outputs, so average it away first.
     return SimpleCNN(*blocks, nn.AdaptiveAvgPool2d(1), Flatten(),
-                     in_channels=in_channels, min_size=1)
+                     in_channels=in_channels, min_size=1,
+                     arguments={"in_channels": in_channels, "n_classes": n_classes,
+                                "widths": list(widths), "first_ks": first_ks, "bn": bn})
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """The model in eval mode inside the block, back in the mode it had after it."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)

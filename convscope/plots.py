@@ -110,10 +110,27 @@ def plot_loss(recorder, skip_start: int = 5, with_valid: bool = True,
     ax.set_xlabel("batch")
     ax.set_ylabel("loss")
     ax.set_yscale("log")
-    ax.legend()
+    draw_epochs(ax, recorder)
+    ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return save_figure(fig, save)
+
+
+def draw_epochs(ax, recorder) -> None:
+    """Epoch boundaries as faint lines, and each change of the training set (the Recorder's
+    marks) as a dashed line labelled with what the epochs from there draw."""
+    marks = {m["batch"]: m for m in getattr(recorder, "marks", [])}
+    for end in recorder.epoch_ends[:-1]:
+        if end not in marks:
+            ax.axvline(end, color="0.6", lw=0.6, zorder=0)
+    for i, m in enumerate(sorted(marks.values(), key=lambda m: m["batch"])):
+        label = (f"training set changed: {m['images']:,} of {m['of']:,} images"
+                 if i == 0 else None)
+        ax.axvline(m["batch"], color="tab:red", ls="--", lw=0.9, label=label, zorder=0)
+        ax.annotate(f"epoch {m['epoch'] + 1}: {m['images']:,}", (m["batch"], 1), fontsize=7,
+                    xycoords=("data", "axes fraction"), xytext=(2, -10),
+                    textcoords="offset points", color="tab:red")
 
 
 def plot_sched(recorder, save: str | Path | None = None) -> Figure:

@@ -3,11 +3,11 @@
 `tta(learn)` runs the model over the valid set as it is and shifted by `shift` pixels up, down,
 left and right (the vacated row or column repeats the edge, so nothing wraps round), and
 averages the five softmax outputs. A model that has seen digits at slightly different places
-is surer of the average than of any one view: on MNIST after the default recipe it adds 0.05
+is surer of the average than of any one view: on MNIST after the fast recipe it adds 0.05
 to 0.2 points of test accuracy for four more forward passes over the test set (about a sixth
 of an epoch's time). The images it changes are those the model was unsure of: with
 `unsure_below=0.9` only the images whose plain top probability is under 0.9 get the shifts
-(about 5% of MNIST's test set after the default recipe), for the same accuracy in a
+(about 5% of MNIST's test set after the fast recipe), for the same accuracy in a
 twentieth of the time. As fastai's `learn.tta()`, it returns probabilities and targets.
 """
 
@@ -18,9 +18,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from convscope.errors import UsageError
-from convscope.learner import eval_mode
+from convscope.models import eval_mode
 
 VIEWS = 5  # the image and its four shifts
+# the images a recipe's evaluation looks at again: those whose top probability is under this
+# (on MNIST after the fast recipe, about 5% of the test set, with the accuracy of looking
+# again at every image: bench/README.md)
+UNSURE_BELOW = 0.9
 
 
 def shifted(x: Tensor, dy: int, dx: int) -> Tensor:
@@ -31,6 +35,11 @@ def shifted(x: Tensor, dy: int, dx: int) -> Tensor:
     out = F.pad(x, pad, mode="replicate")
     top, left = max(-dy, 0), max(-dx, 0)
     return out[..., top:top + h, left:left + w]
+
+
+def unsure_share(probs: Tensor, below: float = UNSURE_BELOW) -> float:
+    """The share of the rows of `probs` (N, classes) whose top probability is under `below`."""
+    return float((probs.max(dim=1).values < below).float().mean()) if len(probs) else 0.0
 
 
 def unsure(probs: Tensor, below: float) -> Tensor:
@@ -49,7 +58,7 @@ def tta(learn, dl=None, shift: int = 1, plain: Tensor | None = None,
             (a ValidPreds callback keeps the last validation's): saves that pass.
         unsure_below: look again only at the images whose plain top probability is under
             this (the model's own unsureness; no label is read): the others keep their plain
-            softmax. After convscope's default recipe on MNIST, 0.9 sends about 5% of the test
+            softmax. After the fast recipe on MNIST, 0.9 sends about 5% of the test
             images through the shifts and gives the accuracy of all of them, in a twentieth of
             the time. None: every image.
     """

@@ -203,34 +203,44 @@ def hard_run(later=None):
     return losses, smooth, lrs
 
 
+def changed(*batches):
+    """The Recorder's marks: the training set changed at each of these batches (to the
+    6,000 of 60,000 images a later epoch draws)."""
+    return [{"batch": b, "epoch": i + 1, "images": 6000, "of": 60000}
+            for i, b in enumerate(batches)]
+
+
 def test_a_hard_epochs_higher_loss_is_no_divergence():
+    """The diagnosis judges the stretches between the Recorder's marks on their own, without
+    knowing which callback changed the training set or why."""
     losses, smooth, lrs = hard_run()
-    meta = {"hard_examples": {"fraction": 0.1, "images": 6000}}
-    hist = History(losses, smooth, {"lr": lrs}, [{}] * 3, meta, epoch_ends=[235, 259, 283])
+    hist = History(losses, smooth, {"lr": lrs}, [{}] * 3, {}, epoch_ends=[235, 259, 283],
+                   marks=changed(235, 259))
     assert [f.kind for f in diagnose(history=hist)] == ["healthy"]
-    # the same losses without knowing the epochs drew the hardest images: a divergence
+    # the same losses without marks (the training set never changed): a divergence
     plain = History(losses, smooth, {"lr": lrs}, [{}] * 3, {}, epoch_ends=[235, 259, 283])
     assert "diverged" in [f.kind for f in diagnose(history=plain)]
     # a fit stopped in its third epoch, whose hardest images read higher than the second's:
     # the batches past the last epoch end stand on their own too
     later = [0.2 - 0.002 * i for i in range(24)] + [0.45 - 0.003 * i for i in range(24)]
     losses, smooth, lrs = hard_run(later)
-    stopped = History(losses[:275], smooth[:275], {"lr": lrs[:275]}, [{}] * 2, meta,
-                      epoch_ends=[235, 259])
+    stopped = History(losses[:275], smooth[:275], {"lr": lrs[:275]}, [{}] * 2, {},
+                      epoch_ends=[235, 259], marks=changed(235, 259))
     assert [f.kind for f in diagnose(history=stopped)] == ["healthy"]
 
 
 def test_a_hard_epoch_that_climbs_or_spikes_is_still_flagged():
-    meta = {"hard_examples": {"fraction": 0.1, "images": 6000}}
     climbing = [0.34 - 0.003 * i for i in range(24)] + [0.34 + 0.03 * i for i in range(24)]
     losses, smooth, lrs = hard_run(climbing)
-    hist = History(losses, smooth, {"lr": lrs}, [{}] * 3, meta, epoch_ends=[235, 259, 283])
+    hist = History(losses, smooth, {"lr": lrs}, [{}] * 3, {}, epoch_ends=[235, 259, 283],
+                   marks=changed(235, 259))
     found = next(f for f in diagnose(history=hist) if f.kind == "diverged")
-    assert found.batches == (259, 282) and "From batch 259 on, training on the hardest" \
-        in found.message
+    assert found.batches == (259, 282) and "From batch 259 on, where the training set " \
+        "changed" in found.message
     spiking = [0.34 - 0.003 * i for i in range(24)] * 2
     spiking[40] = 2.0
     losses, smooth, lrs = hard_run(spiking)
-    hist = History(losses, smooth, {"lr": lrs}, [{}] * 3, meta, epoch_ends=[235, 259, 283])
+    hist = History(losses, smooth, {"lr": lrs}, [{}] * 3, {}, epoch_ends=[235, 259, 283],
+                   marks=changed(235, 259))
     assert [f.batches for f in diagnose(history=hist) if f.kind == "loss_spike"] == [
         (275, 275)]

@@ -32,8 +32,11 @@ class History:
     values: list[dict[str, float]] = field(default_factory=list)
     meta: dict = field(default_factory=dict)  # n_train, n_valid, n_classes: what was judged
     # the number of training batches recorded by the end of each epoch (epochs may differ in
-    # length: HardExamples shortens those after the first)
+    # length: a callback may shorten some)
     epoch_ends: list[int] = field(default_factory=list)
+    # where the training set changed: {"batch": first batch on the new set, "epoch": its
+    # epoch, "images": how many it draws, "of": how many the loader holds}
+    marks: list[dict] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.epoch_ends and self.values:  # written before epoch ends were recorded
@@ -50,9 +53,36 @@ class History:
         try:
             raw = json.loads(Path(path).read_text())
             return cls(**{k: raw[k] for k in ("losses", "smooth_losses", "hps", "values")},
-                       meta=raw.get("meta", {}), epoch_ends=raw.get("epoch_ends", []))
+                       meta=raw.get("meta", {}), epoch_ends=raw.get("epoch_ends", []),
+                       marks=raw.get("marks", []))
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise UsageError(f"{path}: cannot be read as a training history: {e}") from None
+
+
+def describe_optimizer(opt) -> str:
+    """'AdamW (betas 0.9/0.99, eps 1e-05, weight decay 0.01)': the optimizer a fit used."""
+    if opt is None:
+        return "none"
+    d = opt.defaults
+    parts = []
+    if "betas" in d:
+        parts.append(f"betas {d['betas'][0]:g}/{d['betas'][1]:g}")
+    if "momentum" in d:
+        parts.append(f"momentum {d['momentum']:g}")
+    if "eps" in d:
+        parts.append(f"eps {d['eps']:g}")
+    if "weight_decay" in d:
+        parts.append(f"weight decay {d['weight_decay']:g}")
+    return f"{type(opt).__name__} ({', '.join(parts)})" if parts else type(opt).__name__
+
+
+def _drawn(dl) -> str | None:
+    """A fingerprint of which images an epoch of `dl` draws (None: every image)."""
+    if dl.indices is None:
+        return None
+    import hashlib
+
+    return hashlib.sha1(dl.indices.numpy().tobytes()).hexdigest()
 
 
 def even_ends(n_batches: int, n_epochs: int) -> list[int]:
@@ -96,6 +126,8 @@ class Recorder(Callback):
         self.hps: dict[str, list[list[float]]] = {"lr": [], "mom": []}
         self.values: list[dict[str, float]] = EpochTable()
         self.epoch_ends: list[int] = []
+        self.marks: list[dict] = []
+        self._selection: str | None = None  # which images the last epoch drew (see _drawn)
 
     @property
     def metric_names(self) -> list[str]:
@@ -104,9 +136,12 @@ class Recorder(Callback):
     def before_fit(self) -> None:
         dls = self.learn.dls
         self.meta = {"n_train": len(dls.train.y), "n_valid": len(dls.valid.y),
-                     "n_classes": dls.c}
+                     "n_classes": dls.c, "optimizer": describe_optimizer(self.learn.opt),
+                     "callbacks": {cb.name: cb.describe() for cb in self.learn.cbs
+                                   if callable(getattr(cb, "describe", None))}}
         self.losses, self.smooth_losses, self.values = [], [], EpochTable()
-        self.hps, self.epoch_ends = {"lr": [], "mom": []}, []
+        self.hps, self.epoch_ends, self.marks = {"lr": [], "mom": []}, [], []
+        self._selection = None
         self._avg: Tensor | None = None
         self._count = 0
 
@@ -121,6 +156,16 @@ class Recorder(Callback):
             self._smooth = [torch.tensor(v, device=dev) for v in partial[1]]
             self._resumed_partial = None
         self._vcount = 0  # stays 0 if the epoch is cancelled before validation
+
+    def before_train(self) -> None:
+        # every callback's before_epoch has run: the loader stands as this epoch draws it
+        dl = self.learn.dls.train
+        drawn = _drawn(dl)
+        if drawn != self._selection:
+            self.marks.append({"batch": len(self.losses) + len(self._raw),
+                               "epoch": self.learn.epoch, "images": dl.n_images,
+                               "of": len(dl.y)})
+        self._selection = drawn
 
     def before_validate(self) -> None:
         self._vsum = torch.zeros(1 + len(self.learn.metrics), device=self.learn.dls.device)
@@ -169,13 +214,16 @@ class Recorder(Callback):
         row["time"] = time.perf_counter() - self._start
         self.values.append(row)
         self.epoch_ends.append(len(self.losses))
+        # moved into the history: an epoch-end checkpoint must not carry them as the partial
+        # epoch too, or a resume from it would count this epoch's losses twice
+        self._raw, self._smooth = [], []
 
     def history(self) -> History:
         """A copy of what was recorded, detached from the learner."""
         return History(list(self.losses), list(self.smooth_losses),
                        {k: [list(g) for g in v] for k, v in self.hps.items()},
                        [dict(v) for v in self.values], dict(getattr(self, "meta", {})),
-                       list(self.epoch_ends))
+                       list(self.epoch_ends), [dict(m) for m in self.marks])
 
     def state_dict(self) -> dict:
         """Everything recorded so far, the current epoch's batches included, as plain lists
@@ -184,15 +232,19 @@ class Recorder(Callback):
         smooth = torch.stack(self._smooth).tolist() if getattr(self, "_smooth", None) else []
         avg = getattr(self, "_avg", None)
         return {"history": self.history().__dict__, "partial": [raw, smooth],
-                "avg": None if avg is None else float(avg), "count": getattr(self, "_count", 0)}
+                "avg": None if avg is None else float(avg), "count": getattr(self, "_count", 0),
+                "selection": self._selection}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore what `state_dict` returned (called after before_fit, when resuming)."""
         h = state["history"]
         self.losses, self.smooth_losses = list(h["losses"]), list(h["smooth_losses"])
         self.hps, self.values = h["hps"], EpochTable(h["values"])
-        self.epoch_ends = History(**h).epoch_ends  # filled in when the checkpoint lacks it
-        self.meta = dict(h.get("meta", {}))
+        restored = History(**h)  # fills in what an older checkpoint lacks
+        self.epoch_ends, self.marks = restored.epoch_ends, restored.marks
+        self._selection = state.get("selection")
+        # what this fit's before_fit recorded, where the checkpoint does not say
+        self.meta = {**getattr(self, "meta", {}), **dict(h.get("meta", {}))}
         dev = self.learn.dls.device
         self._avg = None if state["avg"] is None else torch.tensor(state["avg"], device=dev)
         self._count = state["count"]

@@ -65,8 +65,13 @@ class ParamScheduler(Callback):
     order = 10
     run_in_lr_find = False
 
-    def __init__(self, scheds: dict[str, Schedule]) -> None:
+    def __init__(self, scheds: dict[str, Schedule], description: str = "") -> None:
         self.scheds = scheds
+        self.description = description
+
+    def describe(self) -> str:
+        """The schedule in words, for the report."""
+        return self.description or f"scheduled: {', '.join(self.scheds)}"
 
     def before_batch(self) -> None:
         if not self.learn.training:
@@ -89,4 +94,6 @@ def one_cycle_scheduler(lr_max: float, div: float = 25.0, div_final: float = 1e5
     return ParamScheduler({
         "lr": one_cycle(lr_max / div, lr_max, lr_max / div_final, pct_start),
         "mom": one_cycle(*moms, pct_start),
-    })
+    }, description=f"1cycle: lr {lr_max / div:.3g} up to {lr_max:g} over the first "
+       f"{pct_start:.0%} of the steps (cosine), then down to {lr_max / div_final:.2g}; "
+       f"momentum {moms[0]:g} -> {moms[1]:g} -> {moms[2]:g}")
