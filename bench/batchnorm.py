@@ -19,8 +19,11 @@ import time
 import torch
 from torch import nn
 
-from convscope import ChannelsLast, DataLoaders, Learner, defaults, mnist, simple_cnn
+from convscope import ChannelsLast, DataLoaders, Learner, mnist, simple_cnn
 from convscope.batchnorm import uses_fast_path
+from convscope.recipes import RECIPES
+
+FAST = RECIPES["fast"].settings
 
 
 def with_torch_batchnorm(model: nn.Module) -> nn.Module:
@@ -77,13 +80,13 @@ def epoch(dls: DataLoaders, torch_bn: bool) -> tuple[float, float]:
     model = with_torch_batchnorm(simple_cnn()) if torch_bn else simple_cnn()
     learn = Learner(dls, model, cbs=[ChannelsLast()], progress=False)
     wall, cpu = time.perf_counter(), time.process_time()
-    learn.fit_one_cycle(1, defaults.LR)
+    learn.fit_one_cycle(1, FAST["lr"])
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bs", type=int, default=defaults.BS)
+    parser.add_argument("--bs", type=int, default=FAST["bs"])
     parser.add_argument("--repeats", type=int, default=4)
     args = parser.parse_args()
     print(f"machine {platform.machine()} ({platform.processor() or 'cpu'}), "

@@ -27,10 +27,10 @@ from convscope import (
     DataLoaders,
     GradientStats,
     Learner,
-    defaults,
     mnist,
     simple_cnn,
 )
+from convscope.recipes import RECIPES
 
 TARGETS = {"ActivationStats": 1.10, "GradientStats": 1.05}
 
@@ -57,7 +57,8 @@ def main() -> None:
                         help="ActivationStats: 0 for exact statistics")
     parser.add_argument("--every", type=int, default=1, help="record one batch in N")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--bs", type=int, default=defaults.BS, help="training batch size")
+    parser.add_argument("--bs", type=int, default=RECIPES["fast"].settings["bs"],
+                        help="training batch size")
     args = parser.parse_args()
 
     def make():

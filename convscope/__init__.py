@@ -48,7 +48,7 @@ _WHERE = {
     "Distributed": "convscope.distributed",
     "TrainingDivergedError": "convscope.errors",
     "image_folder": "convscope.image_folders",
-    "BatchNorm2d": "convscope.layers",
+    "ScratchBatchNorm2d": "convscope.layers",
     "Flatten": "convscope.layers",
     "Callback": "convscope.callback",
     "CancelBatchException": "convscope.callback",
@@ -65,8 +65,10 @@ _WHERE = {
     "color_dim": "convscope.plots",
     "dead_chart": "convscope.plots",
     "plot_layer_stats": "convscope.plots",
-    "TrainConfig": "convscope.recipe",
-    "run_training": "convscope.recipe",
+    "TrainConfig": "convscope.config",
+    "RECIPES": "convscope.recipes",
+    "load_run": "convscope.run_folder",
+    "run_training": "convscope.run",
     "build_report": "convscope.report",
     "summary": "convscope.model_summary",
 }
@@ -111,6 +113,7 @@ if TYPE_CHECKING:  # what type checkers and editors see
         ValidPreds,
     )
     from convscope.callbacks.lr_find import LRFindResult
+    from convscope.config import TrainConfig
     from convscope.data import (
         DataLoader,
         DataLoaders,
@@ -125,12 +128,14 @@ if TYPE_CHECKING:  # what type checkers and editors see
     from convscope.errors import TrainingDivergedError
     from convscope.image_folders import image_folder
     from convscope.interpretation import Interpretation
-    from convscope.layers import BatchNorm2d, Flatten
+    from convscope.layers import Flatten, ScratchBatchNorm2d
     from convscope.learner import Learner
     from convscope.metrics import accuracy
     from convscope.model_summary import summary
     from convscope.models import simple_cnn
     from convscope.optimizers import SGD, AdamW, adamw, sgd
     from convscope.plots import color_dim, dead_chart, plot_layer_stats
-    from convscope.recipe import TrainConfig, run_training
+    from convscope.recipes import RECIPES
     from convscope.report import build_report
+    from convscope.run import run_training
+    from convscope.run_folder import load_run

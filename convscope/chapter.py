@@ -18,6 +18,7 @@ from pathlib import Path
 from convscope.config import TrainConfig
 from convscope.errors import TrainingDivergedError
 from convscope.files import atomic_write_bytes
+from convscope.recipes import RECIPES
 
 
 @dataclass(frozen=True)
@@ -53,9 +54,9 @@ STEPS = (
          (0.9864,), (-4,),
          "Batchnorm keeps every layer's activations in a steady range: a smooth color_dim, and "
          "a better model."),
-    Step("5-bn-1cycle-5ep", "batchnorm, fit_one_cycle(5, 0.1)",
-         {"bn": True, "bs": 512, "schedule": "one_cycle", "epochs": 5, "lr": 0.1},
-         (0.9912, 0.9921), (-4,),
+    Step("5-bn-1cycle-5ep", "batchnorm, fit_one_cycle(5, 0.1): the book recipe",
+         {"bn": True, "schedule": "one_cycle", "recipe": "book"},
+         RECIPES["book"].book_accuracy, (-4,),
          "With batchnorm the model takes a higher learning rate, and five epochs reach the "
          "chapter's final accuracy."),
 )
@@ -79,7 +80,7 @@ def run_chapter(out: str | Path = "runs/chapter", subset: int | None = None,
 
     A step that fails (it diverges, say) is shown as that step's result; the others still run.
     """
-    from convscope.recipe import run_training
+    from convscope.run import train
 
     out = Path(out)
     outcomes = []
@@ -91,7 +92,7 @@ def run_chapter(out: str | Path = "runs/chapter", subset: int | None = None,
         done = Outcome(step, Path(cfg.out))
         start = time.perf_counter()
         try:
-            result = run_training(cfg, log=_indent(log), overwrite=overwrite)
+            result = train.run_training(cfg, log=_indent(log), overwrite=overwrite)
             done.accuracy = result.accuracy
         except TrainingDivergedError as e:
             done.failure = str(e)
@@ -111,7 +112,8 @@ def render(outcomes: list[Outcome], subset: int | None) -> str:
     from convscope import plots
     from convscope.diagnosis import diagnose
     from convscope.display import findings_html, table_html
-    from convscope.report import CSS, Figures, load_run
+    from convscope.report import CSS, Figures
+    from convscope.run_folder import load_run
 
     figs = Figures()
     rows = []

@@ -160,8 +160,12 @@ def read_checkpoint(path: str | Path, payload: bytes | None = None) -> tuple[dic
                                                "a convscope checkpoint")
     else:
         tensors, meta = read_safetensors(path, FORMAT, "a convscope checkpoint")
-    if int(meta.get("version", 0)) > VERSION:
-        raise UsageError(f"{path}: checkpoint format version {meta['version']} is newer than "
+    version = meta.get("version", "0")
+    if not version.isdigit():
+        raise UsageError(f"{path}: checkpoint metadata is corrupt: format version "
+                         f"{version!r}, expected a whole number")
+    if int(version) > VERSION:
+        raise UsageError(f"{path}: checkpoint format version {version} is newer than "
                          f"this convscope reads ({VERSION}). Upgrade convscope.")
     try:
         parsed = {k: json.loads(meta[k]) for k in ("position", "optimizer", "rng")}
@@ -173,7 +177,45 @@ def read_checkpoint(path: str | Path, payload: bytes | None = None) -> tuple[dic
         parsed["world"] = json.loads(meta.get("world", '{"world_size": 1, "global_bs": null}'))
     except (KeyError, ValueError) as e:
         raise UsageError(f"{path}: checkpoint metadata is incomplete or corrupt: {e}") from None
+    wrong = _wrong_shape(parsed, tensors)
+    if wrong:
+        raise UsageError(f"{path}: checkpoint metadata is corrupt: {wrong}")
     return tensors, parsed
+
+
+def _is_count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _wrong_shape(meta: dict, tensors: dict) -> str | None:
+    """What in a checkpoint's parsed metadata is not of the shape convscope writes (None:
+    all is), so a damaged or hand-edited file is refused before anything is restored."""
+    pos = meta["position"]
+    if not (isinstance(pos, dict) and set(pos) == {"epoch", "batch", "train_iter", "n_epoch"}
+            and all(_is_count(v) for v in pos.values()) and pos["epoch"] <= pos["n_epoch"]):
+        return f"position {pos!r}, expected epoch, batch, train_iter and n_epoch counts"
+    opt = meta["optimizer"]
+    if not (isinstance(opt, dict) and isinstance(opt.get("groups"), list)
+            and all(isinstance(g, dict) for g in opt["groups"])
+            and isinstance(opt.get("extra"), dict)
+            and all(isinstance(k, str) and "." in k for k in opt["extra"])
+            and all(isinstance(k, str) and k.split(".")[1].isdigit()
+                    for k in tensors if k.startswith("optim."))):
+        return "the optimizer state, expected its param groups and per-parameter state"
+    rng = meta["rng"]
+    if not (isinstance(rng, dict) and isinstance(rng.get("python"), list)
+            and len(rng["python"]) == 3 and isinstance(rng.get("numpy"), list)
+            and len(rng["numpy"]) == 5 and "rng.torch" in tensors and "rng.loader" in tensors):
+        return "the random states, expected Python's, NumPy's, torch's and the data order's"
+    if not (isinstance(meta["callbacks"], dict)
+            and all(isinstance(v, dict) for v in meta["callbacks"].values())):
+        return "the callbacks' state, expected one object per callback"
+    world = meta["world"]
+    if not (isinstance(world, dict) and _is_count(world.get("world_size"))
+            and world["world_size"] >= 1):
+        return (f"world {world!r}, expected the number of processes (1 or more) that wrote "
+                f"it")
+    return None
 
 
 def check_architecture(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:

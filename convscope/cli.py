@@ -14,13 +14,10 @@ from typing import NoReturn
 from convscope.config import default, options
 from convscope.errors import ConvscopeError, UsageError
 
-# a problem with what the user asked for, printed as one line without a traceback
-UserError = UsageError
-
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, not usage + error
-        raise UserError(f"{self.prog}: {message}")
+        raise UsageError(f"{self.prog}: {message}")
 
 
 def _number(kind: Callable, check: Callable, expected: str) -> Callable[[str], object]:
@@ -62,7 +59,9 @@ def add_options(parser: argparse.ArgumentParser, names: Sequence[str],
         text = o.help if o.kind is None else f"{o.help} (default: {shown})"
         kw: dict = {"dest": name, "help": text.replace("%", "%%"),  # argparse formats help
                     "default": argparse.SUPPRESS if suppress else value}
-        if o.kind is None:  # a switch: --no-x turns off a default-on setting
+        if o.kind is None and value is None:  # a switch a recipe sets: --x and --no-x
+            kw["action"] = argparse.BooleanOptionalAction
+        elif o.kind is None:  # a switch: --no-x turns off a default-on setting
             kw["action"] = "store_false" if value else "store_true"
         elif o.choices is not None:
             kw["choices"] = o.choices
@@ -85,8 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "(chapter 13 of the fastai book).")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    t = sub.add_parser("train", help="train simple_cnn with 1cycle and write a run folder",
-                       description="Train the book's simple_cnn (batchnorm, AdamW, 1cycle) and "
+    t = sub.add_parser("train", help="train simple_cnn by a recipe and write a run folder",
+                       description="Train simple_cnn by a recipe (default: book, the chapter's "
+                       "final run: fit_one_cycle(5, 0.1), bs 512; fast: beyond the book) and "
                        "write metrics.csv, model.safetensors, plots and report.html to the run "
                        "folder.")
     add_options(t, TRAIN_OPTIONS, suppress=True)
@@ -211,7 +211,7 @@ def _shape(text: str) -> tuple[int, int, int]:
         if min(c, h, w) < 1:
             raise ValueError
     except ValueError:
-        raise UserError(f"--input: expected CxHxW with positive integers, e.g. 1x28x28, "
+        raise UsageError(f"--input: expected CxHxW with positive integers, e.g. 1x28x28, "
                         f"received {text!r}") from None
     return c, h, w
 
@@ -250,7 +250,7 @@ def _image_or_digit(args: argparse.Namespace):
         return load_image(args.image), args.image
     data = mnist()
     if args.index >= len(data.y_train):
-        raise UserError(f"--index: MNIST has {len(data.y_train)} training digits, "
+        raise UsageError(f"--index: MNIST has {len(data.y_train)} training digits, "
                         f"received {args.index}")
     return data.x_train[args.index], f"MNIST training digit {args.index}"
 
@@ -261,13 +261,13 @@ def _conv_sheet(args: argparse.Namespace) -> int:
 
     names = args.kernel or ["top_edge", "left_edge"]
     if len(names) > 2:
-        raise UserError(f"--kernel: expected one or two kernel names (layer 1 has two), "
+        raise UsageError(f"--kernel: expected one or two kernel names (layer 1 has two), "
                         f"received {len(names)}: {' '.join(names)}")
     names = (names + ["left_edge"])[:2] if len(names) == 1 else names
     for name in names:
         kernel(name)  # raises with the list of names
     if not str(args.out).endswith(".xlsx"):
-        raise UserError(f"--out: expected a .xlsx file, received {args.out!r}")
+        raise UsageError(f"--out: expected a .xlsx file, received {args.out!r}")
     img, source = _image_or_digit(args)
     path = write_conv_sheet(args.out, image_for_sheet(img), source, tuple(names))
     print(f"wrote {path}: {source} through {names[0]} and {names[1]}, then a 2x3x3 kernel; "
@@ -296,10 +296,10 @@ def _conv_matrix(args: argparse.Namespace) -> int:
 
     ks, n = args.kernel, args.size
     if ks > n + 2 * args.padding:
-        raise UserError(f"--kernel {ks} does not fit a {n}x{n} image with padding "
+        raise UsageError(f"--kernel {ks} does not fit a {n}x{n} image with padding "
                         f"{args.padding}; use --kernel <= {n + 2 * args.padding}")
     if ks * ks > 400 or n > 32:
-        raise UserError(f"--size {n} --kernel {ks} makes a matrix too big to draw; "
+        raise UsageError(f"--size {n} --kernel {ks} makes a matrix too big to draw; "
                         f"use --size <= 32 and --kernel <= 20")
     ids = conv_matrix(torch.arange(1.0, ks * ks + 1).view(ks, ks), (n, n), args.stride,
                       args.padding)
@@ -317,16 +317,16 @@ def _conv_matrix(args: argparse.Namespace) -> int:
 def _lr_find(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from convscope.recipe import TrainConfig, check_data, load_data, make_learner
+    from convscope.config import TrainConfig
+    from convscope.run import load_data, make_learner
 
     if args.start_lr >= args.end_lr:
-        raise UserError(f"--start-lr must be below --end-lr, received {args.start_lr} and "
+        raise UsageError(f"--start-lr must be below --end-lr, received {args.start_lr} and "
                         f"{args.end_lr}")
     if args.num_it < 2:
-        raise UserError(f"--num-it: expected an integer >= 2, received {args.num_it}")
+        raise UsageError(f"--num-it: expected an integer >= 2, received {args.num_it}")
     cfg = TrainConfig(data=args.data, bs=args.bs, seed=args.seed, size=args.size,
                       subset=args.subset, device=args.device, stats=False)
-    check_data(cfg.data)
     learn = make_learner(load_data(cfg), cfg, progress=False)
     found = learn.lr_find(args.start_lr, args.end_lr, args.num_it)
     out = Path(args.out)
@@ -365,7 +365,7 @@ def _summary(args: argparse.Namespace) -> int:
 
     shape = _shape(args.input)
     if args.model not in MODELS:
-        raise UserError(f"--model: unknown model {args.model!r}; choose one of "
+        raise UsageError(f"--model: unknown model {args.model!r}; choose one of "
                         f"{', '.join(MODELS)}")
     if args.model == "simple_cnn":
         model = simple_cnn(in_channels=shape[0])
@@ -380,42 +380,41 @@ def _summary(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     import os
 
-    from convscope import recipe
-    from convscope.launch import Launch, LaunchFailed, launch
+    from convscope import run_folder
+    from convscope.config import TrainConfig
+    from convscope.run import check_data, run_training
+    from convscope.run.launch import Launch, LaunchFailed, launch
+    from convscope.run.train import check_batches
 
     given = {name: getattr(args, name) for name in TRAIN_OPTIONS if hasattr(args, name)}
     overwrite = getattr(args, "overwrite", False)
-    # every check happens here, in the launching process, so bad input is one line even
-    # when several processes are about to start
     if args.resume is not None:
         fixed = [options()[n].flag for n in given if not options()[n].resumable]
         fixed += ["--overwrite"] if overwrite else []
         if fixed:
-            raise UserError(f"--resume continues {args.resume} with the settings in its "
-                            f"config.json; it takes no {', '.join(fixed)} (only --device and "
-                            f"--nproc may change). Start a new run with another --out instead")
-        cfg = recipe.load_config(args.resume, **given)
-        done = recipe.completed(args.resume, cfg)
-        if done is not None:
-            print(done)
-            return 0
+            raise UsageError(f"--resume continues {args.resume} with the settings in its "
+                             f"config.json; it takes no {', '.join(fixed)} (only --device and "
+                             f"--nproc may change). Start a new run with another --out instead")
+        cfg = run_folder.load_config(args.resume, **given)
     else:
-        cfg = recipe.TrainConfig(**given)
-    recipe.check_data(cfg.data)
+        cfg = TrainConfig(**given)
     spec = Launch(cfg.nproc, args.nnodes, args.node_rank, args.rdzv_endpoint,
                   args.max_restarts, args.rdzv_timeout)
     if spec.several and "TORCHELASTIC_RUN_ID" not in os.environ:
-        if args.resume is None and spec.node_rank == 0:  # refuse a run folder before any start
-            from convscope.run_folder import prepare
-
-            prepare(cfg.out, overwrite)
+        # checked here, before any process starts, so bad input is one line, not one a worker
+        kind = check_data(cfg.data)
+        if cfg.subset or kind == "mnist":  # the rest know their size once loaded
+            check_batches(cfg.subset or 60000, cfg.bs, cfg.nproc * spec.nnodes)
+        if args.resume is None and spec.node_rank == 0:
+            with run_folder.Lock(cfg.out, create=True):  # not while another process owns it
+                run_folder.prepare(cfg.out, overwrite)
         try:
             return launch(spec, args.argv, cfg.out)
         except LaunchFailed as e:
             if e.exit_code != 2:  # 2: the workers said what they refused, one line each
                 print(f"convscope: {e}", file=sys.stderr)
             return e.exit_code
-    recipe.run_training(cfg, resume=args.resume is not None, overwrite=overwrite)
+    run_training(cfg, resume=args.resume is not None, overwrite=overwrite)
     return 0
 
 
@@ -454,6 +453,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and closed: not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as e:  # a full disk or a read-only folder: not a bug, one line
+        import errno
+
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES,
+                           errno.EPERM) or debug:
+            raise
+        print(f"convscope: error: cannot write {e.filename or 'a file'}: {e.strerror}; the "
+              f"files written before are whole (writes are atomic)", file=sys.stderr)
+        return 2
 
 
 def run() -> NoReturn:
@@ -462,8 +470,8 @@ def run() -> NoReturn:
 
     By then every file is written and closed (atomically) and the output flushed; what is
     left is freeing the run's objects and running torch's and matplotlib's module finalisers,
-    0.4-0.5 s after a default `convscope train` on a 2-core machine (bench/run_phases.py) for
-    nothing the user sees. Exit handlers registered with atexit still run.
+    a visible wait on a small machine (bench/run_phases.py measures it) for nothing the user
+    sees. Exit handlers registered with atexit still run.
     """
     import atexit
     import os

@@ -17,7 +17,8 @@ from convscope.config import describe
 from convscope.display import findings_html, table_html
 from convscope.errors import UsageError
 from convscope.files import atomic_write_bytes
-from convscope.report import CSS, Figures, Run, load_run
+from convscope.report import CSS, Figures
+from convscope.run_folder import Run, load_run
 
 
 def load_runs(run_dirs) -> list[Run]:
@@ -54,27 +55,33 @@ def differing_settings(runs: list[Run], names: list[str]) -> list[dict]:
     return rows
 
 
-TTA = "accuracy with test-time augmentation"
+PLAIN = "plain accuracy"
 
 
 def final_metrics(runs: list[Run], names: list[str]) -> list[dict]:
-    """The last epoch of each run (and the final accuracy with test-time augmentation, when a
-    run has it), the best value of each column marked with a star."""
-    cols = {"train_loss": min, "valid_loss": min, "accuracy": max}
-    if any(r.history.meta.get("tta") for r in runs):
-        cols[TTA] = max
+    """Each run's result (convscope.result: the accuracy its report shows) and last epoch,
+    with the plain accuracy beside the result where a run used test-time augmentation; the
+    best value of each column marked with a star."""
+    cols = {"accuracy": max, "train_loss": min, "valid_loss": min}
+    if any(r.result.augmented for r in runs):
+        cols[PLAIN] = max
     rows = []
     for r, n in zip(runs, names, strict=True):
         last = r.values[-1] if r.values else {}
-        last = {**last, TTA: (r.history.meta.get("tta") or {}).get("accuracy", math.nan)}
-        rows.append({"run": n, "epochs": len(r.values),
-                     **{c: last.get(c, math.nan) for c in cols}})
+        result = r.result
+        row = {"run": n, "epochs": len(r.values), "accuracy": result.accuracy,
+               "train_loss": last.get("train_loss", math.nan),
+               "valid_loss": last.get("valid_loss", math.nan),
+               "measured": ("with test-time augmentation" if result.augmented else "plain")}
+        if PLAIN in cols:
+            row[PLAIN] = result.plain
+        rows.append(row)
     for c, best in cols.items():
         finite = [row[c] for row in rows if math.isfinite(row[c])]
         top = best(finite) if finite else None
         for row in rows:
             v = row[c]
-            text = ((f"{v:.2%}" if c.startswith("accuracy") else f"{v:.4g}")
+            text = ((f"{v:.2%}" if "accuracy" in c else f"{v:.4g}")
                     if math.isfinite(v) else "-")
             row[c] = f"{text} *" if top is not None and v == top and len(rows) > 1 else text
     return rows
@@ -97,9 +104,9 @@ def compare(run_dirs) -> str:
     out += ["<h2>Settings that differ</h2>",
             table_html(diff, left=("setting", *names)) if diff
             else "<p>None: the runs were trained with the same settings.</p>",
-            "<h2>Final metrics</h2><p>The last epoch of each run (test-time augmentation: the "
-            "final accuracy over each image and its four 1-pixel shifts, where a run has it); "
-            "* marks the best.</p>",
+            "<h2>Final metrics</h2><p>Each run's result, as its report shows it (with "
+            "test-time augmentation where the run used it, its plain accuracy beside), and its "
+            "last epoch's losses; * marks the best.</p>",
             table_html(final_metrics(runs, names), left=("run",))]
     histories = [r.history for r in runs]
     if any(h.losses for h in histories):

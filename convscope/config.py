@@ -13,12 +13,11 @@ Importable without torch (the CLI's `--help` must answer at once); the checks th
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from convscope import defaults
+from convscope import recipes
 from convscope.errors import UsageError
 
 
@@ -58,6 +57,12 @@ class Option:
         """Raise a UsageError naming the flag when `value` does not pass."""
         if value is None or self.kind is None:
             return
+        if self.kind in (int, float) and (isinstance(value, bool) or not isinstance(
+                value, (int, float) if self.kind is float else int)):
+            raise UsageError(f"{self.flag}: expected {self.expected or 'a number'}, received "
+                             f"{value!r}")
+        if self.kind is str and not isinstance(value, str):
+            raise UsageError(f"{self.flag}: expected text, received {value!r}")
         if self.choices is not None and value not in self.choices:
             raise UsageError(f"{self.flag}: expected one of {', '.join(self.choices)}, "
                              f"received {value!r}")
@@ -70,8 +75,24 @@ def option(default: Any, **kw: Any) -> Any:
     return field(default=default, metadata={"option": Option(**kw)})
 
 
-def _positive_finite(v: float) -> bool:
-    return v > 0 and math.isfinite(v)
+def _learning_rate(v: float) -> bool:
+    # past 10 no CNN trains (lr_find's sweep ends there) and the schedule's arithmetic can
+    # overflow; a typo such as 1e308 is refused before any work
+    return 0 < v <= 10
+
+
+# torch seeds its generators with a 64-bit integer; Python's are larger
+MAX_SEED = 2**63 - 1
+
+
+def _from_recipe(name: str) -> str:
+    """What an option the recipes set defaults to, for `--help` and the report."""
+    return "the recipe's: " + ", ".join(
+        f"{r.name} {_shown(r.settings[name])}" for r in recipes.RECIPES.values())
+
+
+def _shown(value: Any) -> str:
+    return ("yes" if value else "no") if isinstance(value, bool) else f"{value:g}"
 
 
 @dataclass(frozen=True)
@@ -84,25 +105,32 @@ class TrainConfig:
         None, flag="--data", kind=str, metavar="DIR", label="data",
         unset="MNIST (embedded in the package)",
         help="a folder with the four MNIST-layout IDX files, or one folder of images per class")
-    epochs: int = option(
-        defaults.EPOCHS, flag="--epochs", kind=int, metavar="N", check=lambda v: v >= 0,
-        expected="an integer >= 0", label="epochs", help="passes over the training set")
-    hard: float = option(
-        defaults.HARD, flag="--hard", kind=float, metavar="F", check=lambda v: 0 < v <= 1,
-        expected="a number in (0, 1]", label="hardest share, epochs after the first",
-        absent=1.0,
+    recipe: str = option(
+        recipes.DEFAULT, flag="--recipe", kind=str, choices=tuple(recipes.RECIPES),
+        label="recipe", absent=recipes.DEFAULT,
+        help="the settings to start from (book: the chapter's final run; fast: beyond the "
+             "book); the options below override it")
+    epochs: int | None = option(
+        None, flag="--epochs", kind=int, metavar="N", check=lambda v: v >= 0,
+        expected="an integer >= 0", label="epochs", unset=_from_recipe("epochs"),
+        help="passes over the training set")
+    hard: float | None = option(
+        None, flag="--hard", kind=float, metavar="F", check=lambda v: 0 < v <= 1,
+        expected="a number in (0, 1]", label="share of images, epochs after the first",
+        absent=1.0, unset=_from_recipe("hard"),
         help="epochs after the first train on the share F of the training images with the "
              "highest loss when last seen (1: every image every epoch)")
-    lr: float = option(
-        defaults.LR, flag="--lr", kind=float, metavar="X", check=_positive_finite,
-        expected="a number > 0", label="peak learning rate (1cycle)",
-        help="peak learning rate of the 1cycle schedule")
-    bs: int = option(
-        defaults.BS, flag="--bs", kind=int, metavar="N", check=lambda v: v >= 1,
-        expected="an integer >= 1", label="batch size",
+    lr: float | None = option(
+        None, flag="--lr", kind=float, metavar="X", check=_learning_rate,
+        expected="a number > 0 and <= 10", label="learning rate", unset=_from_recipe("lr"),
+        help="the peak of the 1cycle schedule (with --schedule constant: the rate throughout)")
+    bs: int | None = option(
+        None, flag="--bs", kind=int, metavar="N", check=lambda v: v >= 1,
+        expected="an integer >= 1", label="batch size", unset=_from_recipe("bs"),
         help="training batch size, per process (evaluation uses twice that)")
     seed: int = option(
-        0, flag="--seed", kind=int, metavar="N", check=lambda v: v >= 0, expected="an integer >= 0",
+        0, flag="--seed", kind=int, metavar="N", check=lambda v: 0 <= v <= MAX_SEED,
+        expected=f"an integer from 0 to {MAX_SEED}",
         label="seed", help="seeds the initial weights and the shuffling")
     out: str = option(
         "runs/latest", flag="--out", kind=str, metavar="DIR", label="run folder",
@@ -129,12 +157,12 @@ class TrainConfig:
         True, flag="--no-channels-last", label="channels_last memory order",
         help="keep NCHW memory order (channels_last is faster on CPU)")
     stats: bool = option(
-        True, flag="--no-stats", label="activation statistics",
-        help="do not record ActivationStats (no layer diagnosis or plots)")
-    tta: bool = option(
-        True, flag="--no-tta", label="test-time augmentation",
-        help="report the final accuracy of the plain images only, not averaged with their "
-             "four 1-pixel shifts (test-time augmentation)")
+        True, flag="--no-stats", label="activation and gradient statistics",
+        help="record neither ActivationStats nor GradientStats (no layer diagnosis or plots)")
+    tta: bool | None = option(
+        None, flag="--tta", label="test-time augmentation", unset=_from_recipe("tta"),
+        help="the result averages each unsure test image's prediction with its four 1-pixel "
+             "shifts' (test-time augmentation); --no-tta: plain evaluation")
     checkpoint_every: int | None = option(
         None, flag="--checkpoint-every", kind=int, check=lambda v: v >= 1,
         expected="an integer >= 1", metavar="N", label="checkpoint every",
@@ -161,6 +189,10 @@ class TrainConfig:
         help="with --nproc: batchnorm statistics over all processes' batches (CUDA)")
 
     def __post_init__(self) -> None:
+        recipe = recipes.recipe(self.recipe)
+        for name, value in recipe.settings.items():  # what was not given comes from the recipe
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
         for f in dataclasses.fields(self):
             f.metadata["option"].validate(f.name, getattr(self, f.name))
         device = resolve_device(self.device)
@@ -170,6 +202,10 @@ class TrainConfig:
             refusal = cpu_fp16_refusal()
             if refusal:
                 raise UsageError(refusal)
+        if self.bs < 2 and self.bn:
+            raise UsageError(f"--bs: expected 2 or more with batchnorm (it normalises each "
+                             f"batch by its own statistics, which one image does not have), "
+                             f"received {self.bs}; or add --no-bn")
         if self.sync_bn and device.type != "cuda":
             raise UsageError("sync_bn needs --device cuda: torch's SyncBatchNorm runs only on "
                              "GPUs.")
@@ -182,6 +218,15 @@ class TrainConfig:
         data = None if self.data is None else str(Path(self.data).expanduser().resolve())
         return dataclasses.replace(self, data=data,
                                    out=str(Path(self.out).expanduser().resolve()))
+
+
+def check_values(saved: dict) -> None:
+    """Check a run folder's settings (a config.json's) as the options declare them, without
+    the checks of this machine (a run trained on a GPU is read on a CPU): a UsageError names
+    the first setting of the wrong type or out of range."""
+    for name, opt in options().items():
+        if name in saved:
+            opt.validate(name, saved[name])
 
 
 def options() -> dict[str, Option]:

@@ -44,3 +44,8 @@ class TrainingDivergedError(ConvscopeError, RuntimeError):
     def __init__(self, message: str, epoch: int, batch: int, lr: float) -> None:
         super().__init__(message)
         self.epoch, self.batch, self.lr = epoch, batch, lr
+
+
+class WriteFailed(ConvscopeError, OSError):
+    """A file of the run could not be written (a full disk, a read-only folder); the message
+    says which, what was kept, and what to run next."""

@@ -4,8 +4,8 @@ Each is a torch.optim.Optimizer (so torch's schedulers, GradScaler and state_dic
 apply) whose step is a handful of foreach tensor ops, checked against torch.optim.SGD and
 torch.optim.AdamW in tests/test_optimizers.py. They exist for start-up time: torch wraps
 Optimizer.add_param_group, state_dict, load_state_dict and zero_grad, and its own step
-functions, in torch._disable_dynamo, whose first call imports torch._dynamo, about 2 s of a
-5 s start on a 2-core CPU, for nothing when nothing is compiled. Here the wrapped functions
+functions, in torch._disable_dynamo, whose first call imports torch._dynamo: a large part of
+a small machine's start-up (bench/cli_startup.py), for nothing when nothing is compiled. Here the wrapped functions
 are called directly, and the step needs no wrapper.
 """
 

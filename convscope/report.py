@@ -9,22 +9,18 @@ script: it opens anywhere, offline, and can be mailed as one file.
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-from convscope.callbacks.activation_stats import ActivationStats
-from convscope.callbacks.recorder import History
-from convscope.config import describe, with_absent
+from convscope import run_folder
+from convscope.config import describe
 from convscope.diagnosis import diagnose
 from convscope.display import findings_html, table_html
-from convscope.errors import UsageError
 from convscope.files import atomic_write_bytes
-
-REQUIRED = ("config.json", "metrics.csv", "history.json")
+from convscope.recipes import book_line, overridden
+from convscope.run_folder import Run, load_run
 
 CSS = """
 body { font: 15px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1100px;
@@ -41,65 +37,6 @@ img { max-width: 100%; display: block; margin: 0.4em 0; }
 pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 13px; }
 .layer { display: grid; grid-template-columns: 1fr; gap: 0.2em; }
 """
-
-
-@dataclass
-class Run:
-    """What a run folder holds, loaded."""
-
-    path: Path
-    config: dict
-    values: list[dict]
-    history: History
-    stats: ActivationStats | None
-    model_meta: dict
-    gradients: object | None = None  # GradientStats
-    interpretation: object | None = None  # Interpretation
-    summary: object | None = None  # the model summary, when it can be rebuilt
-
-
-def load_run(run_dir: str | Path) -> Run:
-    """Read a run folder written by `convscope train`.
-
-    Raises:
-        ValueError: the folder or one of its required files is missing or unreadable.
-    """
-    path = Path(run_dir)
-    if not path.is_dir():
-        raise UsageError(f"Run folder not found. Received: {str(path)!r}. Expected a folder "
-                         f"written by `convscope train`.")
-    missing = [name for name in REQUIRED if not (path / name).is_file()]
-    if missing:
-        raise UsageError(f"{path} is not a complete run folder: it lacks {', '.join(missing)}.")
-    try:
-        config = with_absent(json.loads((path / "config.json").read_text()))
-        with (path / "metrics.csv").open(newline="") as f:
-            values = [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()}
-                      for row in csv.DictReader(f)]
-    except (ValueError, OSError) as e:
-        raise UsageError(f"{path}: cannot read config.json or metrics.csv: {e}") from None
-    history = History.load(path / "history.json")
-    stats_file = path / "activation_stats.safetensors"
-    stats = ActivationStats.load(stats_file) if stats_file.is_file() else None
-    model_meta = {}
-    if (path / "model.safetensors").is_file():
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path / "model.safetensors"), "pt") as f:
-                model_meta = f.metadata() or {}
-        except Exception as e:  # safetensors' own error type for a damaged header
-            raise UsageError(f"{path / 'model.safetensors'}: cannot be read: {e}") from None
-    gradients = interpretation = None
-    if (path / "gradient_stats.safetensors").is_file():
-        from convscope.callbacks.gradient_stats import GradientStats
-
-        gradients = GradientStats.load(path / "gradient_stats.safetensors")
-    if (path / "interpretation.safetensors").is_file():
-        from convscope.interpretation import Interpretation
-
-        interpretation = Interpretation.load(path / "interpretation.safetensors")
-    return Run(path, config, values, history, stats, model_meta, gradients, interpretation)
 
 
 def _png(fig) -> str:
@@ -136,52 +73,78 @@ def _img(src: str, alt: str) -> str:
     return f'<img src="{src}" alt="{html.escape(alt)}">'
 
 
-def _summary(run: Run):
-    """The model summary, rebuilt from the weights' metadata (simple_cnn only)."""
-    meta = run.model_meta
+def run_summary_model(meta: dict):
+    """The model a run's weights' metadata describes, rebuilt untrained (simple_cnn only);
+    None when it cannot be."""
     if meta.get("model") != "simple_cnn" or "input_shape" not in meta:
         return None
-    from convscope.model_summary import summary
     from convscope.models import simple_cnn
 
-    shape = tuple(json.loads(meta["input_shape"]))
-    model = simple_cnn(in_channels=int(meta["in_channels"]), n_classes=int(meta["n_classes"]),
-                       bn=json.loads(meta.get("bn", "true")))
-    return summary(model, shape)
+    try:
+        return simple_cnn(in_channels=int(meta["in_channels"]), n_classes=int(meta["n_classes"]),
+                          widths=tuple(json.loads(meta.get("widths", "[8, 16, 32, 64]"))),
+                          first_ks=int(meta.get("first_ks", 5)),
+                          bn=json.loads(meta.get("bn", "true")))
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+def _summary(run: Run):
+    """The model summary, rebuilt from the weights' metadata."""
+    model = run_summary_model(run.model_meta)
+    if model is None:
+        return None
+    from convscope.model_summary import summary
+
+    return summary(model, tuple(json.loads(run.model_meta["input_shape"])))
 
 
 def _settings(run: Run) -> list[dict]:
-    """The config in words, then what the run was: model, optimizer, schedule, images."""
-    rows = [dict(zip(("setting", "value"), describe(k, v), strict=True))
-            for k, v in run.config.items()]
+    """The config in words (a value the run changed from its recipe says so), then what the
+    run recorded it was: model, optimizer, schedule, callbacks, images, classes."""
+    changed = overridden(run.config)
+    rows = []
+    for k, v in run.config.items():
+        label, value = describe(k, v)
+        if k in changed:
+            value = f"{value} (the recipe's: {describe(k, changed[k])[1]})"
+        rows.append({"setting": label, "value": value})
     meta, hist = run.model_meta, run.history.meta
     if meta.get("model"):
-        block = ("conv -> batchnorm -> ReLU" if json.loads(meta.get("bn", "true"))
-                 else "conv -> ReLU (no batchnorm)")
-        rows.append({"setting": "model", "value": f"{meta['model']}: conv blocks of {block}, "
-                     f"widths 8-16-32-64-{meta.get('n_classes', '?')}, "
-                     f"stride 2, a 5x5 first kernel; input {meta.get('input_shape', '?')}"})
-    rows.append({"setting": "optimizer", "value": "AdamW (betas 0.9/0.99, eps 1e-5, weight "
-                 "decay 0.01)"})
+        rows.append({"setting": "model", "value": _model_words(meta)})
+    if hist.get("optimizer"):
+        rows.append({"setting": "optimizer", "value": hist["optimizer"]})
+    done = hist.get("callbacks", {})
     lr = run.config.get("lr")
-    if lr is not None and run.config.get("schedule") == "constant":
-        rows.append({"setting": "schedule", "value": f"constant lr {lr:g} (fit)"})
+    if "param_scheduler" in done:
+        rows.append({"setting": "lr schedule", "value": done["param_scheduler"]})
     elif lr is not None:
-        rows.append({"setting": "schedule", "value": f"1cycle: lr {lr / 25:.3g} up to {lr:g} "
-                     f"over the first 25% of the steps (cosine), then down to {lr / 1e5:.2g}; "
-                     f"momentum 0.95 -> 0.85 -> 0.95"})
+        rows.append({"setting": "lr schedule", "value": f"constant lr {lr:g} (fit)"})
+    for name, words in done.items():
+        if name != "param_scheduler":
+            rows.append({"setting": f"callback {name}", "value": words})
     if hist.get("n_train") is not None:
         held = hist.get("held_out", "valid")
-        hard = hist.get("hard_examples")
-        later = (f" (epochs after the first: the hardest {hard['images']:,})"
-                 if hard and len(run.values) > 1 else "")
-        rows.append({"setting": "images", "value": f"{hist['n_train']:,} train{later}, "
+        rows.append({"setting": "images", "value": f"{hist['n_train']:,} train, "
                      f"{hist['n_valid']:,} {held}"})
     if meta.get("classes"):
         classes = json.loads(meta["classes"])
         rows.append({"setting": "classes", "value": f"{len(classes)}: "
                      + ", ".join(classes[:20]) + (", ..." if len(classes) > 20 else "")})
     return rows
+
+
+def _model_words(meta: dict) -> str:
+    """The model as its weights' metadata records it."""
+    if run_summary_model(meta) is None:
+        return meta.get("model", "?")
+    block = ("conv -> batchnorm -> ReLU" if json.loads(meta.get("bn", "true"))
+             else "conv -> ReLU (no batchnorm)")
+    widths = json.loads(meta.get("widths", "[8, 16, 32, 64]"))
+    return (f"{meta['model']}: conv blocks of {block}, widths "
+            f"{'-'.join(map(str, widths))}-{meta.get('n_classes', '?')}, stride 2, a "
+            f"{meta.get('first_ks', 5)}x{meta.get('first_ks', 5)} first kernel; input "
+            f"{'x'.join(map(str, json.loads(meta.get('input_shape', '[]'))))}")
 
 
 def _epochs(values: list[dict]) -> list[dict]:
@@ -197,109 +160,148 @@ def _epochs(values: list[dict]) -> list[dict]:
     return rows
 
 
-def _blocks(run: Run) -> dict[str, str]:
+def _blocks(summary) -> dict[str, str]:
     """Each recorded block's name -> the summary's layers it holds ("0" -> "0.0-0.2")."""
-    rows = run.summary.rows if run.summary is not None else []
+    rows = summary.rows if summary is not None else []
     out: dict[str, list[str]] = {}
     for r in rows:
         out.setdefault(r["layer"].split(".")[0], []).append(r["layer"])
     return {k: (v[0] if len(v) == 1 else f"{v[0]}-{v[-1]}") for k, v in out.items()}
 
 
-def render(run: Run) -> str:
-    """The report page for a loaded run, as HTML text."""
+def _head(run: Run) -> list[str]:
+    """Title, the run's result (convscope.result: the accuracy every page shows), and what the
+    book printed for the same recipe when the run trained it as named."""
+    title = f"convscope run: {run.path.name}"
+    line = run.result.line(len(run.values))
+    book = book_line(run.config)
+    line += f"; {book}" if book and run.values else ""
+    return [f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+            f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
+            f"<h1>{html.escape(title)}</h1><p class='result'>{html.escape(line)}</p>"]
+
+
+def _diagnosis(run: Run) -> list[str]:
+    found = diagnose(stats=run.stats, history=run.history, gradients=run.gradients)
+    return ["<h2>Diagnosis</h2>", findings_html(found)]
+
+
+def _settings_section(run: Run) -> list[str]:
+    return ["<h2>Settings</h2>", table_html(_settings(run), left=("setting", "value")),
+            "<h2>Epochs</h2>", table_html(_epochs(run.values))]
+
+
+def _curves(run: Run, figs: Figures) -> list[str]:
     from convscope import plots
 
-    findings = diagnose(stats=run.stats, history=run.history, gradients=run.gradients)
-    title = f"convscope run: {run.path.name}"
-    last = run.values[-1] if run.values else {}
-    n = len(run.values)
-    held = run.history.meta.get("held_out", "valid")
-    tta = run.history.meta.get("tta")
-    headline = (f"{held} accuracy {last['accuracy']:.2%} after {n} epoch{'s' if n != 1 else ''}"
-                if "accuracy" in last else "no epoch finished")
-    if tta and "accuracy" in last:
-        which = ("each image" if "looked_at" not in tta else
-                 f"each of the {tta['looked_at']} images with top probability under "
-                 f"{tta['unsure_below']:g}")
-        headline = (f"{held} accuracy {tta['accuracy']:.2%} with test-time augmentation "
-                    f"({which} and its four 1-pixel shifts averaged; {tta['without']:.2%} "
-                    f"without) after {n} epoch{'s' if n != 1 else ''}")
-    run.summary = _summary(run)
-    figs = Figures()
-    out = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
-           f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
-           f"<h1>{html.escape(title)}</h1><p>{html.escape(headline)}</p>",
-           "<h2>Diagnosis</h2>", findings_html(findings),
-           "<h2>Settings</h2>", table_html(_settings(run), left=("setting", "value")),
-           "<h2>Epochs</h2>", table_html(_epochs(run.values))]
     h = run.history
-    if h.losses:
-        # the PNGs the run wrote from the same history, drawn again only when missing
-        loss, sched = run.path / "loss.png", run.path / "sched.png"
-        out += ["<h2>Loss and schedule</h2>",
-                _img(_file_png(loss), "loss") if loss.is_file()
-                else figs.img(lambda: plots.plot_loss(h), "loss"),
-                _img(_file_png(sched), "schedule") if sched.is_file()
-                else figs.img(lambda: plots.plot_sched(h), "schedule")]
-    lr_find = run.path / "lr_find.png"
+    if not h.losses:
+        return []
+    # the PNGs the run wrote from the same history, drawn again only when missing
+    loss, sched = run.path / run_folder.LOSS_PNG, run.path / run_folder.SCHED_PNG
+    out = ["<h2>Loss and schedule</h2>",
+           "<p>Faint vertical lines: epoch ends. Dashed red: where the training set changed "
+           "(a callback made the epochs from there draw other images).</p>" if h.marks else "",
+           _img(_file_png(loss), "loss") if loss.is_file()
+           else figs.img(lambda: plots.plot_loss(h), "loss"),
+           _img(_file_png(sched), "schedule") if sched.is_file()
+           else figs.img(lambda: plots.plot_sched(h), "schedule")]
+    lr_find = run.path / run_folder.LR_FIND
     if lr_find.is_file():
         out += ["<h2>Learning rate finder</h2>", _img(_file_png(lr_find), "lr_find")]
+    return out
+
+
+def _mistakes(run: Run, figs: Figures) -> list[str]:
     it = run.interpretation
-    if it is not None and len(it):
-        worst = [{"actual": a, "predicted": p, "images": c}
-                 for a, p, c in it.most_confused()[:10]]
-        per_class = [{"class": r["class"], "images": r["images"],
-                      "accuracy": f"{r['accuracy']:.2%}"} for r in it.per_class_accuracy()]
-        out += [f"<h2>What the model gets wrong ({held} set)</h2>",
-                figs.img(it.plot_confusion_matrix, "confusion matrix"),
-                "<h3>Most confused</h3>", table_html(worst, left=("actual", "predicted")),
-                "<h3>Accuracy per class</h3>", table_html(per_class, left=("class",))]
-        if it.images is not None:
-            out += ["<h3>Largest losses</h3><p>Each image titled predicted/actual, the "
-                    "probability of the prediction, and the loss.</p>",
-                    figs.img(lambda: it.plot_top_losses(9), "top losses")]
-    if run.summary is not None:
-        out += ["<h2>Model summary</h2>", f"<pre>{html.escape(str(run.summary))}</pre>"]
-    batch_png = run.path / "show_batch.png"
-    if batch_png.is_file():
-        src = _file_png(batch_png)
-        what = ("as the model is fed it: augmented (random crops and flips)"
-                if run.config.get("augment") else "as the model is fed it")
-        out += [f"<h2>A training batch</h2><p>{what}</p>", _img(src, "show_batch")]
+    if it is None or not len(it):
+        return []
+    held = run.history.meta.get("held_out", "valid")
+    worst = [{"actual": a, "predicted": p, "images": c}
+             for a, p, c in it.most_confused()[:10]]
+    per_class = [{"class": r["class"], "images": r["images"],
+                  "accuracy": f"{r['accuracy']:.2%}"} for r in it.per_class_accuracy()]
+    counted = (" (the predictions the result counts: with test-time augmentation)"
+               if run.result.augmented else "")
+    out = [f"<h2>What the model gets wrong ({held} set)</h2>",
+           f"<p>{html.escape(counted)}</p>" if counted else "",
+           figs.img(it.plot_confusion_matrix, "confusion matrix"),
+           "<h3>Most confused</h3>", table_html(worst, left=("actual", "predicted")),
+           "<h3>Accuracy per class</h3>", table_html(per_class, left=("class",))]
+    if it.images is not None:
+        out += ["<h3>Largest losses</h3><p>Each image titled predicted/actual, the "
+                "probability of the prediction, and the loss.</p>",
+                figs.img(lambda: it.plot_top_losses(9), "top losses")]
+    return out
+
+
+def _model(summary) -> list[str]:
+    if summary is None:
+        return []
+    return ["<h2>Model summary</h2>", f"<pre>{html.escape(str(summary))}</pre>"]
+
+
+def _batch(run: Run) -> list[str]:
+    batch_png = run.path / run_folder.SHOW_BATCH
+    if not batch_png.is_file():
+        return []
+    what = ("as the model is fed it: augmented (random crops and flips)"
+            if run.config.get("augment") else "as the model is fed it")
+    return [f"<h2>A training batch</h2><p>{what}</p>", _img(_file_png(batch_png), "show_batch")]
+
+
+def _gradients(run: Run, figs: Figures) -> list[str]:
+    from convscope import plots
+
     g = run.gradients
-    if g is not None and g.batches:
-        out += ["<h2>Gradients and steps</h2>",
-                f"<p>Per layer (numbered as in the model summary) and training step: how far "
-                f"the step moved the weights relative to their size, and the gradient norm; "
-                f"recorded on {len(g.batches)} steps. Around 1e-3 is usual; a layer 100x below "
-                f"the others barely learns, one above 1e-1 is pushed too hard.</p>",
-                figs.img(lambda: plots.plot_gradient_stats(g), "gradient statistics")]
-    s = run.stats
-    if s is not None and s.batches:
-        blocks = _blocks(run)
-        out += ["<h2>Activations</h2>",
-                f"<p>The output of each conv block (after its ReLU), recorded on "
-                f"{len(s.batches)} training batches (one in {s.every}); near zero means "
-                f"|x| &le; {s.zero_thresh:g}. Block <i>k</i> holds the summary's layers "
-                f"<i>k</i>.0, <i>k</i>.1, ... Between 40% and 60% near zero is normal after a "
-                f"ReLU, which zeroes the negative half; a block near 100% is dead.</p>",
-                figs.img(lambda: plots.dead_chart(s), "dead chart")]
-        for i, name in enumerate(s.layer_names):
-            layers = f" (layers {blocks[name]})" if name in blocks else ""
-            out += [f"<h3>Block {html.escape(name)}{html.escape(layers)}</h3>"
-                    f"<div class='layer'>",
-                    figs.img(lambda i=i: plots.plot_layer_stats(s, i), f"block {name} stats"),
-                    figs.img(lambda i=i: plots.color_dim(s, i, recorder=h),
-                             f"block {name} color_dim"),
-                    "</div>"]
-    out.append("</body></html>")
+    if g is None or not g.batches:
+        return []
+    return ["<h2>Gradients and steps</h2>",
+            f"<p>Per layer (numbered as in the model summary) and training step: how far "
+            f"the step moved the weights relative to their size, and the gradient norm; "
+            f"recorded on {len(g.batches)} steps. Around 1e-3 is usual; a layer 100x below "
+            f"the others barely learns, one above 1e-1 is pushed too hard.</p>",
+            figs.img(lambda: plots.plot_gradient_stats(g), "gradient statistics")]
+
+
+def _activations(run: Run, figs: Figures, summary) -> list[str]:
+    from convscope import plots
+
+    s, h = run.stats, run.history
+    if s is None or not s.batches:
+        return []
+    blocks = _blocks(summary)
+    out = ["<h2>Activations</h2>",
+           f"<p>The output of each conv block (after its ReLU), recorded on "
+           f"{len(s.batches)} training batches (one in {s.every}); near zero means "
+           f"|x| &le; {s.zero_thresh:g}. Block <i>k</i> holds the summary's layers "
+           f"<i>k</i>.0, <i>k</i>.1, ... Between 40% and 60% near zero is normal after a "
+           f"ReLU, which zeroes the negative half; a block near 100% is dead.</p>",
+           figs.img(lambda: plots.dead_chart(s), "dead chart")]
+    for i, name in enumerate(s.layer_names):
+        layers = f" (layers {blocks[name]})" if name in blocks else ""
+        out += [f"<h3>Block {html.escape(name)}{html.escape(layers)}</h3>"
+                f"<div class='layer'>",
+                figs.img(lambda i=i: plots.plot_layer_stats(s, i), f"block {name} stats"),
+                figs.img(lambda i=i: plots.color_dim(s, i, recorder=h),
+                         f"block {name} color_dim"),
+                "</div>"]
+    return out
+
+
+def render(run: Run) -> str:
+    """The report page for a loaded run, as HTML text: one section after another."""
+    figs = Figures()
+    summary = _summary(run)
+    out = [*_head(run), *_diagnosis(run), *_settings_section(run), *_curves(run, figs),
+           *_mistakes(run, figs), *_model(summary), *_batch(run), *_gradients(run, figs),
+           *_activations(run, figs, summary), "</body></html>"]
     return figs.fill("\n".join(out))
 
 
 def build_report(run_dir: str | Path) -> Path:
     """Write `report.html` into the run folder (atomically) and return its path."""
     run = load_run(run_dir)
-    path = run.path / "report.html"
+    path = run.path / run_folder.REPORT
     atomic_write_bytes(path, render(run).encode())
     return path

@@ -212,11 +212,14 @@ def test_plots_return_figures_and_write_pngs(tmp_path):
 
 
 def test_the_recipe_records_one_batch_per_512_images():
-    from convscope.recipe import TrainConfig, make_learner
+    from convscope.config import TrainConfig
+    from convscope.run import make_learner
 
     for bs, every in ((64, 8), (128, 4), (256, 2), (300, 1), (512, 1), (1024, 1)):
-        learn = make_learner(stripes(512, 32), TrainConfig(bs=bs), progress=False)
+        learn = make_learner(stripes(512, 32), TrainConfig(recipe="fast", bs=bs),
+                             progress=False)
         assert learn.activation_stats.every == every == learn.gradient_stats.every
-    learn = make_learner(stripes(512, 32), TrainConfig(bs=128), progress=False)
+    learn = make_learner(stripes(512, 32), TrainConfig(recipe="fast", bs=128, hard=0.4),
+                         progress=False)
     learn.fit_one_cycle(2, 0.01)  # 4 batches, then 2 (the hardest 40%): train_iter 0 and 4
     assert learn.activation_stats.batches == [0, 4] == learn.gradient_stats.batches

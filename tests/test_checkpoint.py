@@ -235,8 +235,9 @@ def test_ctrl_c_stops_between_batches_with_a_checkpoint_to_resume(tmp_path, caps
     saying how to resume; the resumed run completes every epoch with every recorded batch's
     activation statistics; resuming the complete run changes no file."""
     run = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "convscope", "train", "--subset", "12000",
-                             "--bs", "64", "--epochs", "4", "--out", str(run)],
+    proc = subprocess.Popen([sys.executable, "-m", "convscope", "train", "--recipe", "fast",
+                             "--hard", "0.4", "--subset", "12000", "--bs", "64", "--epochs",
+                             "4", "--out", str(run)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in proc.stdout:  # off a terminal, one row per finished epoch
         if line.startswith("0 "):

@@ -88,7 +88,7 @@ def test_train_on_an_idx_folder_writes_the_run_folder(tmp_path, capsys):
     assert json.loads((run / "config.json").read_text())["bs"] == 16
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     assert [r["epoch"] for r in rows] == ["0", "1"]
-    assert "test accuracy:" in capsys.readouterr().out
+    assert "test accuracy " in capsys.readouterr().out
 
 
 def test_end_to_end_real_mnist_subset(tmp_path, capsys):
@@ -100,10 +100,9 @@ def test_end_to_end_real_mnist_subset(tmp_path, capsys):
     accuracy = float(rows[-1]["accuracy"])
     assert accuracy >= 0.90, f"accuracy {accuracy:.3f} after one epoch on 4,000 digits"
     out = capsys.readouterr().out
-    # the final accuracy with test-time augmentation, the last epoch's beside it
-    tta = float(out.split("test accuracy: ")[1].split("%")[0]) / 100
-    assert f"with test-time augmentation ({accuracy:.2%} without it" in out
-    assert abs(tta - accuracy) < 0.02
+    # the book recipe evaluates plainly: the line shows metrics.csv's accuracy
+    assert f"test accuracy {accuracy:.2%} after 1 epoch (" in out
+    assert "augmentation" not in out
     # 63 steps, 10,000 test images, one batch in four recorded: judged, and healthy
     assert "diagnosis: [info] The run looks healthy" in out and "[warning]" not in out
 

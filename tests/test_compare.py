@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from convscope.cli import main
 from convscope.compare import (
-    TTA,
+    PLAIN,
     compare,
     differing_settings,
     final_metrics,
@@ -27,9 +27,9 @@ QUICK = ["--subset", "640", "--bs", "64", "--epochs", "2"]
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("compare")
     good, bad, plain = tmp / "good", tmp / "bad", tmp / "plain"
-    assert main(["train", *QUICK, "--out", str(good)]) == 0
-    assert main(["train", *QUICK, "--no-bn", "--schedule", "constant", "--lr", "0.06",
-                 "--out", str(bad)]) == 0
+    assert main(["train", *QUICK, "--tta", "--out", str(good)]) == 0
+    assert main(["train", *QUICK, "--tta", "--no-bn", "--schedule", "constant", "--lr",
+                 "0.06", "--out", str(bad)]) == 0
     assert main(["train", *QUICK, "--no-stats", "--no-tta", "--out", str(plain)]) == 0
     return good, bad, plain
 
@@ -39,20 +39,25 @@ def test_settings_that_differ_and_the_best_marked(runs):
     loaded = load_runs([good, bad])
     names = names_of(loaded)
     rows = {r["setting"]: r for r in differing_settings(loaded, names)}
-    assert set(rows) == {"peak learning rate (1cycle)", "schedule", "batchnorm"}
+    assert set(rows) == {"learning rate", "schedule", "batchnorm"}
     assert rows["batchnorm"] == {"setting": "batchnorm", "good": "yes", "bad": "no"}
     page = compare([good, bad])
     assert "<h2>Settings that differ</h2>" in page and "run folder" not in page
     assert page.count(" *</td>") >= 2  # the good run's accuracy and valid loss are the best
 
 
-def test_final_metrics_give_the_accuracy_with_test_time_augmentation_where_a_run_has_it(runs):
+def test_final_metrics_give_each_run_s_result_and_the_plain_accuracy_beside(runs):
     good, _, plain = runs
     loaded = load_runs([good, plain])
     rows = final_metrics(loaded, names_of(loaded))
-    tta = json.loads((good / "history.json").read_text())["meta"]["tta"]["accuracy"]
-    assert rows[0][TTA].split(" ")[0] == f"{tta:.2%}" and rows[1][TTA] == "-"
-    assert "epochs" in rows[0] and TTA not in final_metrics(loaded[1:], names_of(loaded[1:]))[0]
+    meta = json.loads((good / "history.json").read_text())["meta"]
+    result = loaded[0].result
+    assert result.accuracy == meta["tta"].get("accuracy", result.plain)
+    assert rows[0]["accuracy"].split(" ")[0] == f"{result.accuracy:.2%}"
+    assert rows[1]["measured"] == "plain"
+    if result.augmented:
+        assert rows[0][PLAIN].split(" ")[0] == f"{result.plain:.2%}"
+    assert "epochs" in rows[0] and PLAIN not in final_metrics(loaded[1:], names_of(loaded[1:]))[0]
 
 
 def test_overlays_and_side_by_side_layers_from_saved_files(runs, tmp_path):
@@ -123,17 +128,18 @@ def test_chapter_replays_end_to_end_on_a_subset(tmp_path, capsys):
 
 
 def test_a_step_that_fails_is_shown_and_the_others_run(tmp_path, monkeypatch):
-    from convscope import chapter, recipe
+    from convscope import chapter
     from convscope.errors import TrainingDivergedError
+    from convscope.run import train
 
-    real = recipe.run_training
+    real = train.run_training
 
     def first_diverges(cfg, **kw):
         if cfg.out.endswith("1-no-bn-bs64"):
             raise TrainingDivergedError("Training diverged at epoch 0, batch 3: ...", 0, 3, 0.06)
         return real(cfg, **kw)
 
-    monkeypatch.setattr(recipe, "run_training", first_diverges)
+    monkeypatch.setattr(train, "run_training", first_diverges)
     monkeypatch.setattr(chapter, "STEPS", chapter.STEPS[:2])
     page = chapter.run_chapter(tmp_path / "ch", subset=500, log=lambda *a: None)
     text = page.read_text()

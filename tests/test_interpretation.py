@@ -78,12 +78,13 @@ def test_a_run_writes_its_interpretation_without_another_pass_over_the_valid_set
     """A run's outputs read the last validation's outputs (ValidPreds) instead of running the
     valid set again; a finished run whose outputs were cut short has no kept outputs and
     makes the pass."""
-    from convscope.recipe import TrainConfig, run_training
+    from convscope.config import TrainConfig
+    from convscope.run import run_training
 
     passes = []
-    real = Interpretation.from_learner.__func__
-    monkeypatch.setattr(Interpretation, "from_learner", classmethod(
-        lambda cls, learn, dl=None: passes.append(1) or real(cls, learn, dl)))
+    real = Learner.get_preds
+    monkeypatch.setattr(Learner, "get_preds",
+                        lambda learn, dl=None: passes.append(1) or real(learn, dl))
     write_idx_folder(tmp_path / "data", n_train=64, n_valid=30, size=16)
     cfg = TrainConfig(data=str(tmp_path / "data"), epochs=1, bs=16, out=str(tmp_path / "r"),
                       stats=False, tta=False)
@@ -95,44 +96,6 @@ def test_a_run_writes_its_interpretation_without_another_pass_over_the_valid_set
     run_training(cfg, log=lambda *a: None, resume=True)
     again = Interpretation.load(tmp_path / "r" / "interpretation.safetensors")
     assert passes == [1] and torch.equal(again.preds, kept.preds)
-
-
-def test_a_run_reports_and_interprets_the_accuracy_with_test_time_augmentation(tmp_path):
-    """The accuracy printed, returned, in history.json and in the report's headline is the one
-    with test-time augmentation, the interpretation counts the same predictions, and the last
-    epoch's plain accuracy is given beside it; --no-tta leaves the plain one throughout."""
-    import csv
-    import json
-
-    from convscope.recipe import TrainConfig, run_training
-
-    write_idx_folder(tmp_path / "data", n_train=256, n_valid=60, size=16)
-    for tta in (True, False):
-        out, lines = tmp_path / f"r{tta}", []
-        cfg = TrainConfig(data=str(tmp_path / "data"), epochs=2, bs=32, out=str(out),
-                          stats=False, tta=tta)
-        result = run_training(cfg, log=lines.append)
-        plain = float(list(csv.DictReader((out / "metrics.csv").open()))[-1]["accuracy"])
-        meta = json.loads((out / "history.json").read_text())["meta"]
-        it = Interpretation.load(out / "interpretation.safetensors")
-        counted = float(it.confusion_matrix().diag().sum()) / len(it)
-        assert abs(counted - result.accuracy) < 1e-6
-        headline = (out / "report.html").read_text().split("</h1><p>")[1].split("</p>")[0]
-        said = next(x for x in lines if x.startswith("test accuracy:"))
-        if tta:
-            assert meta["tta"]["without"] == plain and meta["tta"]["accuracy"] == result.accuracy
-            assert f"test accuracy: {result.accuracy:.2%} after 2 epochs" in said
-            assert f"with test-time augmentation ({plain:.2%} without it" in said
-            assert f"test accuracy {result.accuracy:.2%} with test-time augmentation" in headline
-            # only the unsure images were looked at again, and the line and report say how many
-            looked = meta["tta"]["looked_at"]
-            assert 0 < looked <= 60 and meta["tta"]["unsure_below"] == 0.9
-            assert f"the {looked} images it was least sure of looked at again" in said
-            assert f"(each of the {looked} images with top probability under 0.9 and its four" \
-                in headline
-        else:
-            assert "tta" not in meta and result.accuracy == plain
-            assert "augmentation" not in said and "test-time" not in headline
 
 
 class ShrinkGrads(Callback):

@@ -5,7 +5,8 @@ from browser import check_page, find_chromium
 from conftest import write_idx_folder
 
 from convscope.cli import main
-from convscope.report import build_report, load_run
+from convscope.report import build_report
+from convscope.run_folder import load_run
 
 # CI installs Debian's chromium (.ci/run): there a missing browser is a failure, not a skip.
 needs_browser = pytest.mark.skipif(find_chromium() is None and not os.environ.get("CI"),
@@ -17,8 +18,8 @@ def run_dir(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("report")
     data = write_idx_folder(tmp / "data", n_train=96, n_valid=48)
     run = tmp / "run"
-    assert main(["train", "--data", str(data), "--epochs", "2", "--bs", "16", "--out",
-                 str(run)]) == 0
+    assert main(["train", "--recipe", "fast", "--data", str(data), "--epochs", "2", "--bs",
+                 "16", "--out", str(run)]) == 0
     return run
 
 
@@ -26,12 +27,15 @@ def test_run_folder_has_report_and_saved_data(run_dir):
     for name in ("report.html", "history.json", "activation_stats.safetensors"):
         assert (run_dir / name).stat().st_size > 0
     run = load_run(run_dir)
-    # 6 batches of 16 in epoch 0, 3 in epoch 1 (the hardest 40% of 96 images: 39)
-    assert len(run.values) == 2 and len(run.history.losses) == 6 + 3
-    assert run.history.epoch_ends == [6, 9]
-    assert run.history.meta["hard_examples"] == {"fraction": 0.4, "images": 39}
-    assert "96 train (epochs after the first: the hardest 39), 48 test" in (
-        run_dir / "report.html").read_text()
+    # 6 batches of 16 in epoch 0, 2 in epoch 1 (the fast recipe's hardest 25% of 96: 24)
+    assert len(run.values) == 2 and len(run.history.losses) == 6 + 2
+    assert run.history.epoch_ends == [6, 8]
+    assert run.history.marks == [{"batch": 6, "epoch": 1, "images": 24, "of": 96}]
+    page = (run_dir / "report.html").read_text()
+    assert "the 25% of the training images with the highest loss when last seen (24 images)" \
+        in page and "96 train, 48 test" in page
+    assert "Dashed red: where the training set changed" in page
+    assert "2 (the recipe&#x27;s: 3)" in page  # an option that overrode the recipe says so
     assert run.stats.layer_names == ["0", "1", "2", "3", "4"]
 
 
@@ -48,8 +52,9 @@ def test_report_content(run_dir):
         assert f'alt="{alt}"' in page
     assert "<h3>Most confused</h3>" in page and "<h3>Accuracy per class</h3>" in page
     # the headline and the table agree: percentages, the held-out set named, time in seconds
-    assert "<p>test accuracy " in page and "<th style=\"text-align:right\">time (s)</th>" in page
-    for setting in (">model<", ">optimizer<", ">schedule<", ">images<", ">classes<"):
+    assert "<p class='result'>test accuracy " in page
+    assert "<th style=\"text-align:right\">time (s)</th>" in page
+    for setting in (">model<", ">optimizer<", ">lr schedule<", ">images<", ">classes<"):
         assert setting in page
     assert "<script" not in page and "src=\"http" not in page  # self-contained
     assert "total params: 30,412" in page

@@ -10,8 +10,9 @@ import pytest
 from conftest import cli_error, write_idx_folder
 from safetensors.torch import load_file
 
-from convscope import recipe, report
+from convscope import run_folder
 from convscope.cli import main
+from convscope.run import outputs, train
 
 QUICK = ["--subset", "640", "--bs", "64", "--epochs", "1"]
 
@@ -100,16 +101,16 @@ def test_a_run_folder_from_before_a_setting_resumes_as_it_was_trained(tmp_path):
     run.mkdir()
     config = {"epochs": 3, "bs": 64, "subset": 640}
     (run / "config.json").write_text(json.dumps(config))
-    assert recipe.load_config(run).hard == 1.0
+    assert run_folder.load_config(run).hard == 1.0
     (run / "config.json").write_text(json.dumps({**config, "hard": 0.25}))
-    assert recipe.load_config(run).hard == 0.25
+    assert run_folder.load_config(run).hard == 0.25
 
 
 def test_ctrl_c_while_loading_data_leaves_nothing_and_says_so(tmp_path, monkeypatch, capsys):
     def interrupted(cfg):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(recipe, "load_data", interrupted)
+    monkeypatch.setattr(train, "load_data", interrupted)
     run = tmp_path / "run"
     assert main(["train", *QUICK, "--out", str(run)]) == 130
     line = cli_error(capsys.readouterr().err)
@@ -119,12 +120,12 @@ def test_ctrl_c_while_loading_data_leaves_nothing_and_says_so(tmp_path, monkeypa
 
 
 def test_ctrl_c_while_writing_the_report_then_resume_writes_it(tmp_path, monkeypatch, capsys):
-    real = report.build_report
+    real = outputs.build_report
 
     def interrupted(run_dir):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(report, "build_report", interrupted)
+    monkeypatch.setattr(outputs, "build_report", interrupted)
     run = tmp_path / "run"
     assert main(["train", *QUICK, "--out", str(run)]) == 130
     line = cli_error(capsys.readouterr().err)
@@ -134,7 +135,7 @@ def test_ctrl_c_while_writing_the_report_then_resume_writes_it(tmp_path, monkeyp
     checkpoint = (run / "checkpoint.safetensors").read_bytes()
     stats = load_file(run / "activation_stats.safetensors")
 
-    monkeypatch.setattr(report, "build_report", real)
+    monkeypatch.setattr(outputs, "build_report", real)
     assert main(["train", "--resume", str(run)]) == 0
     assert "holds the end of training (1 epochs); writing the outputs" in capsys.readouterr().out
     assert (run / "report.html").is_file()
@@ -179,7 +180,7 @@ def test_a_bug_keeps_its_traceback_and_debug_shows_every_one(tmp_path, monkeypat
     def bug(cfg):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(recipe, "load_data", bug)
+    monkeypatch.setattr(train, "load_data", bug)
     with pytest.raises(RuntimeError, match="a bug"):
         main(["train", *QUICK, "--out", str(tmp_path / "run")])
     monkeypatch.setenv("CONVSCOPE_DEBUG", "1")
@@ -209,13 +210,13 @@ def test_first_ctrl_c_while_writing_outputs_lets_the_report_finish(tmp_path, mon
                                                                     capsys):
     import signal
 
-    real = report.build_report
+    real = outputs.build_report
 
     def pressed(run_dir):  # a user's Ctrl-C while the report is being drawn
         os.kill(os.getpid(), signal.SIGINT)
         return real(run_dir)
 
-    monkeypatch.setattr(report, "build_report", pressed)
+    monkeypatch.setattr(outputs, "build_report", pressed)
     before = signal.getsignal(signal.SIGINT)
     run = tmp_path / "run"
     assert main(["train", *QUICK, "--out", str(run)]) == 0
@@ -241,9 +242,9 @@ def test_reports_and_comparisons_read_an_older_run_as_it_was_trained(finished, t
     config = json.loads((old / "config.json").read_text())
     del config["hard"]
     (old / "config.json").write_text(json.dumps(config))
-    assert report.load_run(old).config["hard"] == 1.0
+    assert run_folder.load_run(old).config["hard"] == 1.0
     (old / "config.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="expected a JSON object of settings, received a list"):
-        report.load_run(old)
+        run_folder.load_run(old)
     with pytest.raises(ValueError, match="expected a JSON object of settings, received a list"):
-        recipe.load_config(old)
+        run_folder.load_config(old)

@@ -2,7 +2,7 @@
 
 On by default in every Learner. The check runs after the backward pass and before the
 optimizer step, so the bad batch changes no weight, and no checkpoint is written after it:
-the last good checkpoint stays the last one. It costs one read of the device per batch.
+the last checkpoint written, if any, stays the last one. It costs one read of the device per batch.
 """
 
 from __future__ import annotations
@@ -48,10 +48,18 @@ class DivergenceGuard(Callback):
         lr = learn.opt.param_groups[0]["lr"]
         what = (f"the loss became {float(loss)}" if not finite_loss
                 else f"a gradient became {float(grad_norm)} (loss {float(loss):.4g})")
-        lower = f"{lr / 10:.3g}" if math.isfinite(lr) else "a lower value"
+        # the highest rate the fit reached is the one to lower (a schedule may be past it)
+        recorder = getattr(learn, "recorder", None)
+        seen = [g[0] for g in recorder.hps.get("lr", [])] if recorder is not None else []
+        peak = max([lr, *[x for x in seen if math.isfinite(x)]])
+        lower = f"{peak / 10:.3g}" if math.isfinite(peak) else "a lower value"
+        checkpoint = getattr(learn, "checkpoint", None)
+        saved = checkpoint is not None and checkpoint.path.is_file()
+        kept = (f"the last checkpoint ({checkpoint.path}) is kept" if saved
+                else "no checkpoint had been written yet")
         where = (f"Training diverged at epoch {learn.epoch}, batch {learn.iter} (step "
                  f"{learn.train_iter}): {what} with learning rate {lr:.3g}. The batch was not "
-                 f"applied and the last good checkpoint is kept.")
+                 f"applied; {kept}.")
         mixed = getattr(learn, "mixed_precision", None)
         if finite_loss and float(loss) < SMALL_LOSS and mixed is not None:
             advice = (f" A gradient overflowing while the loss is small points to a numeric "

@@ -2,7 +2,7 @@
 
 The last epoch's validation shows the final model every valid image; what wants per-image
 predictions after a fit (Interpretation, in a run's outputs) reads them here instead of making a
-second pass over the valid set (0.2-0.3 s of a default MNIST run on a 2-core CPU). The outputs
+second pass over the valid set (bench/run_phases.py times the end of a run). The outputs
 stay on the device during the pass and are joined once at its end.
 """
 

@@ -6,7 +6,7 @@ with `--nnodes M --rdzv-endpoint HOST:PORT` (the same on every machine, `--node-
 machine at HOST) M machines join one group of N x M processes through a c10d rendezvous. Each
 worker learns its rank and the world size from the environment the launcher sets, and
 `--max-restarts K` lets the launcher restart a failed group up to K times: a restarted worker
-reads TORCHELASTIC_RESTART_COUNT and resumes from the run folder's checkpoint (recipe.py).
+reads TORCHELASTIC_RESTART_COUNT and resumes from the run folder's checkpoint (run/train.py).
 
 Each process gets an equal share of the machine's cores as its torch threads (cores // N),
 unless OMP_NUM_THREADS is set.
@@ -15,6 +15,7 @@ unless OMP_NUM_THREADS is set.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import sys
@@ -22,6 +23,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from convscope import run_folder
 from convscope.errors import ConvscopeError, PeerLost, UsageError
 
 
@@ -65,7 +67,9 @@ class Launch:
                              f"{self.nnodes}), received {self.node_rank}")
         if self.endpoint is not None:
             host, _, port = self.endpoint.rpartition(":")
-            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            # a host name or an address: letters, digits, dots, hyphens, an IPv6 in brackets
+            named = re.fullmatch(r"[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]", host)
+            if not named or not port.isdigit() or not 0 < int(port) < 65536:
                 raise UsageError(f"--rdzv-endpoint: expected HOST:PORT, e.g. 10.0.0.1:29500, "
                                  f"received {self.endpoint!r}")
 
@@ -162,12 +166,9 @@ def failed_message(error, spec: Launch, run_dir: str | Path) -> str:
            else f"exit code {failure.exitcode}")
     restarts = (f"and its {spec.max_restarts} restart{'s' if spec.max_restarts != 1 else ''} "
                 f"are used up" if spec.max_restarts else "(no --max-restarts)")
-    checkpoint = Path(run_dir) / "checkpoint.safetensors"
-    kept = "no checkpoint was written yet"
-    if checkpoint.is_file():
-        from convscope.checkpoint import read_checkpoint
-
-        pos = read_checkpoint(checkpoint)[1]["position"]
-        kept = f"{checkpoint} holds epoch {pos['epoch']}, batch {pos['batch']}"
+    checkpoint = Path(run_dir) / run_folder.CHECKPOINT
+    pos = run_folder.checkpoint_position(run_dir)
+    kept = ("no checkpoint was written yet" if pos is None
+            else f"{checkpoint} holds epoch {pos['epoch']}, batch {pos['batch']}")
     return (f"training failed: process {rank} stopped ({how}) {restarts}; {kept}. Continue "
-            f"with `convscope train --resume {run_dir}`.")
+            f"with `convscope train --resume {run_folder.quoted(run_dir)}`.")

@@ -1,0 +1,134 @@
+"""What a finished run writes besides its checkpoint: its result, files, figures and report.
+
+`write_outputs` evaluates the trained model as the run's config says (`evaluate`), then writes
+the run folder's files in run_folder.OUTPUTS order, report.html last.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from convscope import plots, run_folder
+from convscope.config import TrainConfig
+from convscope.diagnosis import diagnose
+from convscope.files import atomic_write_bytes
+from convscope.interpretation import Interpretation
+from convscope.learner import Learner
+from convscope.recipes import book_line
+from convscope.report import build_report
+from convscope.result import Result
+from convscope.tta import UNSURE_BELOW, unsure_share
+
+
+def evaluate(learn: Learner, cfg: TrainConfig, held_out: str) -> tuple[Result, torch.Tensor,
+                                                                       torch.Tensor]:
+    """The run's result, and the (log-)probabilities and targets it counts.
+
+    With test-time augmentation asked for, the images the model is unsure of are looked at
+    again, unless it is unsure of most of them: then augmentation only adds cost (it looks
+    again at nearly every image of a model that has not learned the task), and the result is
+    the plain accuracy, with a line saying why."""
+    kept = getattr(learn, "valid_preds", None)
+    # the last validation saw the final model: its outputs serve; else (outputs written
+    # without training, a resumed finished run) a pass is made
+    if kept is not None and kept.complete():
+        plain, targs = kept.preds, kept.targs
+    else:
+        plain, targs = learn.get_preds()
+    values = learn.recorder.values
+    plain_acc = (values[-1]["accuracy"] if values
+                 else float((plain.argmax(dim=1) == targs).float().mean()))
+    meta = learn.recorder.meta
+    meta["held_out"] = held_out
+    meta.pop("tta", None)
+    out = plain.float().log_softmax(dim=1)
+    if cfg.tta:
+        probs = plain.float().softmax(dim=1)
+        share = unsure_share(probs)
+        if share > 0.5:
+            meta["tta"] = {"skipped": f"the model was unsure (top probability under "
+                           f"{UNSURE_BELOW:g}) of {share:.0%} of the {held_out} images, and "
+                           f"augmentation only adds cost there"}
+        else:
+            start = time.perf_counter()
+            probs, targs = learn.tta(plain=plain, unsure_below=UNSURE_BELOW)
+            meta["tta"] = {"accuracy": float((probs.argmax(dim=1) == targs).float().mean()),
+                           "looked_at": round(share * len(targs)),
+                           "unsure_below": UNSURE_BELOW,
+                           "seconds": round(time.perf_counter() - start, 3)}
+            out = probs.log()
+    return Result.of(list(values) or [{"accuracy": plain_acc}], meta), out, targs
+
+
+def write_metrics_csv(path: Path, values: list[dict], result: Result) -> None:
+    """One row per epoch; with test-time augmentation, its accuracy (the run's result) in an
+    `accuracy_tta` column of the last row, beside the plain `accuracy`."""
+    rows = [dict(v) for v in values]
+    if rows and result.augmented:
+        for row in rows:
+            row["accuracy_tta"] = ""
+        rows[-1]["accuracy_tta"] = result.accuracy
+    buf = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def save_weights(model: torch.nn.Module, path: Path, metadata: dict[str, str]) -> None:
+    """The model's state_dict as safetensors, written atomically."""
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write_bytes(path, save(tensors, metadata=metadata))
+
+
+def write_outputs(learn: Learner, cfg: TrainConfig, run_dir: Path, held_out: str,
+                  seconds: float, log) -> Result:
+    """Everything a finished run writes besides its checkpoint, report.html last; logs the
+    result and the diagnosis, and returns the result."""
+    result, probs, targs = evaluate(learn, cfg, held_out)
+    values = learn.recorder.values
+    write_metrics_csv(run_dir / run_folder.METRICS, values, result)
+    mean, std = learn.dls.stats
+    args = getattr(learn.model, "arguments", {})
+    save_weights(learn.model, run_dir / run_folder.MODEL,
+                 {"model": "simple_cnn", "bn": json.dumps(args.get("bn", cfg.bn)),
+                  "widths": json.dumps(args.get("widths")),
+                  "first_ks": json.dumps(args.get("first_ks")),
+                  "in_channels": str(learn.dls.in_channels),
+                  "n_classes": str(learn.dls.c), "classes": json.dumps(learn.dls.classes),
+                  "input_shape": json.dumps(list(learn.dls.train.x.shape[1:])),
+                  "mean": json.dumps(mean.tolist()), "std": json.dumps(std.tolist())})
+    learn.recorder.history().save(run_dir / run_folder.HISTORY)
+    for name, file in (("activation_stats", run_folder.ACTIVATION_STATS),
+                       ("gradient_stats", run_folder.GRADIENT_STATS)):
+        recorded = getattr(learn, name, None)
+        if recorded is not None:
+            recorded.save(run_dir / file)
+    # what the result counts: the augmented probabilities where augmentation ran
+    Interpretation.from_preds(probs, targs, learn.dls.classes, images=learn.dls.valid.x).save(
+        run_dir / run_folder.INTERPRETATION)
+    augment = getattr(learn, "batch_augment", None)
+    learn.dls.show_batch(save=run_dir / run_folder.SHOW_BATCH,
+                         tfm=augment.apply if augment is not None else None)
+    if values:
+        plots.plot_loss(learn.recorder, save=run_dir / run_folder.LOSS_PNG)
+        plots.plot_sched(learn.recorder, save=run_dir / run_folder.SCHED_PNG)
+    book = book_line(asdict(cfg))
+    log(f"{result.line(len(values))} ({seconds:.1f}s of training)"
+        + (f"; {book}" if book and math.isfinite(result.accuracy) else ""))
+    for finding in diagnose(learn):
+        log(f"diagnosis: {finding}")
+    report = build_report(run_dir)
+    log(f"run folder: {run_dir} (open {report.name})")
+    return result
