@@ -35,7 +35,7 @@ def conv(ni: int, nf: int, ks: int = 3, stride: int = 2, act: bool = True,
     >>> import torch
     >>> block = conv(1, 8, ks=5)
     >>> [type(m).__name__ for m in block], block(torch.zeros(2, 1, 28, 28)).shape
-    (['Conv2d', 'BatchNorm2d', 'ReLU'], torch.Size([2, 8, 14, 14]))
+    (['Conv2d', 'FastBatchNorm2d', 'ReLU'], torch.Size([2, 8, 14, 14]))
     """
     if ks % 2 != 1:
         raise UsageError(f"Kernel size must be odd so padding ks//2 keeps the grid centred. "

@@ -128,8 +128,8 @@ def draw_epochs(ax, recorder) -> None:
         label = (f"training set changed: {m['images']:,} of {m['of']:,} images"
                  if i == 0 else None)
         ax.axvline(m["batch"], color="tab:red", ls="--", lw=0.9, label=label, zorder=0)
-        ax.annotate(f"epoch {m['epoch'] + 1}: {m['images']:,}", (m["batch"], 1), fontsize=7,
-                    xycoords=("data", "axes fraction"), xytext=(2, -10),
+        ax.annotate(f"epoch {m['epoch'] + 1}: {m['images']:,}", (m["batch"], 0), fontsize=7,
+                    xycoords=("data", "axes fraction"), xytext=(2, 3),
                     textcoords="offset points", color="tab:red")
 
 

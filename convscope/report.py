@@ -148,12 +148,18 @@ def _model_words(meta: dict) -> str:
 
 
 def _epochs(values: list[dict]) -> list[dict]:
-    """The epoch table as read: accuracy in percent, time labelled in seconds."""
+    """The epoch table as read: accuracy in percent (the last row's with test-time
+    augmentation beside it, where the run used it), time labelled in seconds."""
+    import math
+
     rows = []
     for v in values:
-        row = {k: v[k] for k in v if k not in ("accuracy", "time")}
+        row = {k: v[k] for k in v if k not in ("accuracy", "accuracy_tta", "time")}
         if "accuracy" in v:
             row["accuracy"] = f"{v['accuracy']:.2%}"
+        if "accuracy_tta" in v:
+            tta = v["accuracy_tta"]
+            row["with test-time augmentation"] = f"{tta:.2%}" if math.isfinite(tta) else ""
         if "time" in v:
             row["time (s)"] = f"{v['time']:.1f}"
         rows.append(row)
