@@ -30,26 +30,26 @@ def load_model(run_dir: str | Path):
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from convscope.models import simple_cnn
+    from convscope.models import simple_cnn_from_metadata
 
     path = Path(run_dir) / "model.safetensors"
     if not path.is_file():
         raise UsageError(f"{run_dir}: no model.safetensors; expected the folder of a finished "
                          f"`convscope train` run")
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
-    if meta.get("model") != "simple_cnn":
-        raise UsageError(f"{path}: a model convscope cannot rebuild ({meta.get('model')!r})")
     try:
-        model = simple_cnn(in_channels=int(meta["in_channels"]),
-                           n_classes=int(meta["n_classes"]),
-                           bn=json.loads(meta.get("bn", "true")))
-    except (KeyError, ValueError, TypeError) as e:
-        raise UsageError(f"{path}: its metadata does not describe a simple_cnn ({e!r}). "
-                         f"Received: in_channels={meta.get('in_channels')!r}, n_classes="
-                         f"{meta.get('n_classes')!r}, bn={meta.get('bn')!r}; expected "
-                         f"whole numbers and true/false.") from None
-    model.load_state_dict(load_file(path))
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        state = load_file(path)
+    except Exception as e:  # safetensors' own error type for a damaged file
+        raise UsageError(f"{path}: cannot be read (truncated or corrupt?): {e}") from None
+    try:
+        model = simple_cnn_from_metadata(meta)
+        model.load_state_dict(state)
+    except UsageError as e:
+        raise UsageError(f"{path}: {e}") from None
+    except RuntimeError as e:  # weights of other shapes than the metadata says
+        raise UsageError(f"{path}: its weights do not fit the model its metadata describes: "
+                         f"{str(e).splitlines()[0]}") from None
     return model.eval(), meta
 
 

@@ -80,3 +80,29 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         yield model
     finally:
         model.train(was_training)
+
+
+def simple_cnn_from_metadata(meta: dict[str, str]) -> SimpleCNN:
+    """The untrained simple_cnn a run's weights' metadata describes (`model.safetensors`:
+    in_channels, n_classes, and widths, first_ks and bn as JSON); a UsageError says what in
+    the metadata does not describe one."""
+    import json
+
+    if meta.get("model") != "simple_cnn":
+        raise UsageError(f"a model convscope cannot rebuild ({meta.get('model')!r}); expected "
+                         f"'simple_cnn'")
+    try:
+        widths = json.loads(meta.get("widths") or "[8, 16, 32, 64]")
+        first_ks = json.loads(meta.get("first_ks") or "5")
+        bn = json.loads(meta.get("bn", "true"))
+        if not (isinstance(widths, list) and all(isinstance(w, int) and w > 0 for w in widths)
+                and isinstance(first_ks, int) and first_ks > 0 and isinstance(bn, bool)):
+            raise ValueError("widths, first_ks or bn of the wrong type")
+        return simple_cnn(in_channels=int(meta["in_channels"]), n_classes=int(meta["n_classes"]),
+                          widths=tuple(widths), first_ks=first_ks, bn=bn)
+    except (KeyError, ValueError, TypeError) as e:
+        raise UsageError(f"its metadata does not describe a simple_cnn ({e}). Received: "
+                         f"in_channels={meta.get('in_channels')!r}, n_classes="
+                         f"{meta.get('n_classes')!r}, widths={meta.get('widths')!r}, first_ks="
+                         f"{meta.get('first_ks')!r}, bn={meta.get('bn')!r}; expected whole "
+                         f"numbers, a list of them and true/false") from None

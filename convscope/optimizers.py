@@ -5,8 +5,8 @@ apply) whose step is a handful of foreach tensor ops, checked against torch.opti
 torch.optim.AdamW in tests/test_optimizers.py. They exist for start-up time: torch wraps
 Optimizer.add_param_group, state_dict, load_state_dict and zero_grad, and its own step
 functions, in torch._disable_dynamo, whose first call imports torch._dynamo: a large part of
-a small machine's start-up (bench/cli_startup.py), for nothing when nothing is compiled. Here the wrapped functions
-are called directly, and the step needs no wrapper.
+a small machine's start-up (bench/cli_startup.py), for nothing when nothing is compiled.
+Here the wrapped functions are called directly, and the step needs no wrapper.
 """
 
 from __future__ import annotations

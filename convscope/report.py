@@ -74,18 +74,14 @@ def _img(src: str, alt: str) -> str:
 
 
 def run_summary_model(meta: dict):
-    """The model a run's weights' metadata describes, rebuilt untrained (simple_cnn only);
-    None when it cannot be."""
-    if meta.get("model") != "simple_cnn" or "input_shape" not in meta:
-        return None
-    from convscope.models import simple_cnn
+    """The model a run's weights' metadata describes, rebuilt untrained; None when it
+    cannot be (another model, damaged metadata)."""
+    from convscope.errors import UsageError
+    from convscope.models import simple_cnn_from_metadata
 
     try:
-        return simple_cnn(in_channels=int(meta["in_channels"]), n_classes=int(meta["n_classes"]),
-                          widths=tuple(json.loads(meta.get("widths", "[8, 16, 32, 64]"))),
-                          first_ks=int(meta.get("first_ks", 5)),
-                          bn=json.loads(meta.get("bn", "true")))
-    except (ValueError, TypeError, KeyError):
+        return simple_cnn_from_metadata(meta)
+    except UsageError:
         return None
 
 
@@ -127,11 +123,21 @@ def _settings(run: Run) -> list[dict]:
         held = hist.get("held_out", "valid")
         rows.append({"setting": "images", "value": f"{hist['n_train']:,} train, "
                      f"{hist['n_valid']:,} {held}"})
-    if meta.get("classes"):
-        classes = json.loads(meta["classes"])
+    classes = _classes(meta)
+    if classes:
         rows.append({"setting": "classes", "value": f"{len(classes)}: "
                      + ", ".join(classes[:20]) + (", ..." if len(classes) > 20 else "")})
     return rows
+
+
+def _classes(meta: dict) -> list[str]:
+    """The class names the weights' metadata records ([] when it holds none, or no list of
+    names: the report still shows the rest)."""
+    try:
+        classes = json.loads(meta.get("classes") or "[]")
+    except ValueError:
+        return []
+    return [str(c) for c in classes] if isinstance(classes, list) else []
 
 
 def _model_words(meta: dict) -> str:

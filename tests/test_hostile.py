@@ -549,7 +549,27 @@ def case_damaged_checkpoint_metadata(tmp_path, capsys, finished):
         assert expected in line, (key, line)
 
 
+def case_truncated_weights_and_interpretation(tmp_path, capsys, finished):
+    """Half of model.safetensors or of interpretation.safetensors: report, explore and
+    compare each say which file, in one line."""
+    import shutil
+
+    for name, commands in (("model.safetensors", ("report", "explore")),
+                           ("interpretation.safetensors", ("report", "compare"))):
+        run = tmp_path / name
+        shutil.copytree(finished, run)
+        data = (run / name).read_bytes()
+        (run / name).write_bytes(data[:len(data) // 2])
+        for command in commands:
+            args = [command, str(run)] + ([str(finished), "--out", str(tmp_path / "c.html")]
+                                          if command == "compare" else [])
+            line = refused(args, f"{name}: cannot be read", capsys)
+            assert "truncated or corrupt" in line or "deserializing" in line, line
+
+
 RUN_CASES = [
+    pytest.param(case_truncated_weights_and_interpretation,
+                 id="truncated weights and interpretation"),
     pytest.param(case_damaged_checkpoint_metadata, id="damaged checkpoint metadata"),
     pytest.param(case_second_writer_is_refused, id="two runs into one folder"),
     pytest.param(case_resume_from_an_epoch_end_checkpoint_keeps_the_history_exact,
