@@ -76,9 +76,9 @@ def option(default: Any, **kw: Any) -> Any:
 
 
 def _learning_rate(v: float) -> bool:
-    # past 10 no CNN trains (lr_find's sweep ends there) and the schedule's arithmetic can
+    # far past 10 no CNN trains (lr_find's sweep ends there) and the arithmetic can
     # overflow; a typo such as 1e308 is refused before any work
-    return 0 < v <= 10
+    return 0 < v <= 1000
 
 
 # torch seeds its generators with a 64-bit integer; Python's are larger
@@ -122,7 +122,7 @@ class TrainConfig:
              "highest loss when last seen (1: every image every epoch)")
     lr: float | None = option(
         None, flag="--lr", kind=float, metavar="X", check=_learning_rate,
-        expected="a number > 0 and <= 10", label="learning rate", unset=_from_recipe("lr"),
+        expected="a number > 0 and <= 1000", label="learning rate", unset=_from_recipe("lr"),
         help="the peak of the 1cycle schedule (with --schedule constant: the rate throughout)")
     bs: int | None = option(
         None, flag="--bs", kind=int, metavar="N", check=lambda v: v >= 1,

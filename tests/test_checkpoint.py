@@ -175,8 +175,8 @@ def test_divergence_guard_stops_before_the_step(tmp_path):
 
 def test_cli_divergence_is_one_line_and_exit_3(tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", "--lr", "1e6", "--subset", "640", "--bs", "64", "--no-stats",
-                 "--out", str(run)]) == 3
+    assert main(["train", "--lr", "1000", "--no-bn", "--schedule", "constant", "--subset",
+                 "640", "--bs", "64", "--epochs", "1", "--no-stats", "--out", str(run)]) == 3
     err = capsys.readouterr().err
     assert cli_error(err).startswith("convscope: Training diverged at epoch")
     assert not (run / "model.safetensors").exists()  # no final weights from a diverged run

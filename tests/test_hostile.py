@@ -444,7 +444,7 @@ def case_finished_run_without_its_checkpoint_is_not_retrained(tmp_path, capsys, 
 
 @pytest.mark.parametrize("args,expected", [
     (["--seed", "18446744073709551616"], "--seed: expected an integer from 0 to"),
-    (["--lr", "1e308"], "--lr: expected a number > 0 and <= 10, received '1e308'"),
+    (["--lr", "1e308"], "--lr: expected a number > 0 and <= 1000, received '1e308'"),
     (["--nnodes", "2", "--rdzv-endpoint", "a b:29500"],
      "--rdzv-endpoint: expected HOST:PORT, e.g. 10.0.0.1:29500, received 'a b:29500'"),
     (["--nproc", "64", "--subset", "3000"],
@@ -479,7 +479,7 @@ def case_damaged_run_files(tmp_path, capsys, finished):
     (run / "metrics.csv").write_text(good)
     config = json.loads((run / "config.json").read_text())
     (run / "config.json").write_text(json.dumps({**config, "lr": "abc"}))
-    refused(["report", str(run)], "--lr: expected a number > 0 and <= 10, received 'abc'",
+    refused(["report", str(run)], "--lr: expected a number > 0 and <= 1000, received 'abc'",
             capsys)
     refused(["compare", str(run), str(finished)], "--lr: expected a number", capsys)
     refused(["train", "--resume", str(run)], "--lr: expected a number", capsys)

@@ -227,9 +227,12 @@ def test_first_ctrl_c_while_writing_outputs_lets_the_report_finish(tmp_path, mon
 
 def test_divergence_says_what_to_run_next(tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", "--lr", "1e6", *QUICK, "--no-stats", "--out", str(run)]) == 3
+    assert main(["train", "--lr", "1000", "--no-bn", "--schedule", "constant", *QUICK,
+                 "--no-stats", "--out", str(run)]) == 3
     line = cli_error(capsys.readouterr().err)
     assert f"To train again in {run}, add --overwrite" in line
+    # no checkpoint exists yet, and the rate suggested is a tenth of the highest one used
+    assert "no checkpoint had been written yet" in line and "(e.g. 100)" in line
 
 
 def test_reports_and_comparisons_read_an_older_run_as_it_was_trained(finished, tmp_path):
