@@ -2,6 +2,7 @@
 checkpoint, two agents as two machines train as one, and failures say what happened. Every
 process is bounded in time and ended by the test."""
 
+import json
 import os
 import signal
 import socket
@@ -88,6 +89,10 @@ def test_a_killed_worker_costs_one_checkpoint(reference, tmp_path):
     assert stats["batches"].tolist() == ref_stats["batches"].tolist() == list(range(0, 22, 8))
     for k in ref_stats:
         assert torch.equal(ref_stats[k], stats[k]), k
+    # the restarted run's history is the uninterrupted one's: no batch's loss twice
+    ref_h, h = (json.loads((d / "history.json").read_text()) for d in (reference, run))
+    for key in ("losses", "epoch_ends", "marks"):
+        assert h[key] == ref_h[key], key
 
 
 def test_the_failure_named_is_the_root_cause(tmp_path):
