@@ -97,7 +97,33 @@ def _late(n: int, late: float) -> int:
     return max(0, n - max(1, math.ceil(n * late)))
 
 
-def dead_layers(stats, th: Thresholds) -> list[Finding]:
+def warm_up(one_cycle: bool | None) -> str:
+    """How to warm the learning rate up, for a run that did or did not use 1cycle."""
+    return ("warm it up over more of the steps (a larger pct_start in fit_one_cycle)"
+            if one_cycle else "warm it up (fit_one_cycle)")
+
+
+def anneal(one_cycle: bool | None) -> str:
+    """How to bring the learning rate down by the end, likewise."""
+    return ("lower the peak (lr_max) of fit_one_cycle" if one_cycle
+            else "lower the learning rate or anneal it (fit_one_cycle)")
+
+
+def used_one_cycle(history) -> bool | None:
+    """Whether a recorded fit used the 1cycle schedule: as its Recorder recorded, or read
+    from the learning rates (up, then down); None when nothing says."""
+    meta = getattr(history, "meta", None) or {}
+    sched = (meta.get("callbacks") or {}).get("param_scheduler")
+    if sched is not None:
+        return sched.startswith("1cycle")
+    lrs = [g[0] for g in history.hps.get("lr", [])] if history is not None else []
+    if len(lrs) < 3:
+        return None
+    top = max(lrs)
+    return lrs[0] < top and lrs[-1] < top
+
+
+def dead_layers(stats, th: Thresholds, one_cycle: bool | None = None) -> list[Finding]:
     """Layers whose non-negative activations (after a ReLU) are near zero late in training."""
     out = []
     n = len(stats.batches)
@@ -113,8 +139,8 @@ def dead_layers(stats, th: Thresholds) -> list[Finding]:
                 "error" if share > 0.99 else "warning", "dead_layer",
                 f"Layer {name}: {share:.0%} of activations are near zero (|x| <= "
                 f"{stats.zero_thresh:g}) over the last {n - start} recorded batches.",
-                "Its ReLUs have died: lower the learning rate, warm it up (fit_one_cycle), or "
-                "add batchnorm (simple_cnn(bn=True)).",
+                f"Its ReLUs have died: lower the learning rate, {warm_up(one_cycle)}, or add "
+                f"batchnorm (simple_cnn(bn=True)).",
                 layer=name, batches=_span(stats.batches, start, n), value=share))
     return out
 
@@ -169,7 +195,7 @@ def collapse_or_explode(stats, th: Thresholds) -> list[Finding]:
     return out
 
 
-def unstable_layers(stats, th: Thresholds) -> list[Finding]:
+def unstable_layers(stats, th: Thresholds, one_cycle: bool | None = None) -> list[Finding]:
     """The book's bad-training pattern in color_dim: the share of near-zero activations
     repeatedly shoots up (the layer collapses) and falls back (it recovers)."""
     out = []
@@ -187,14 +213,15 @@ def unstable_layers(stats, th: Thresholds) -> list[Finding]:
             out.append(Finding(
                 "warning", "unstable", f"Layer {name}: activations collapsed to near zero and "
                 f"recovered {cycles} times.", "Training is unstable (the 'bad' color_dim of the "
-                "book): warm the learning rate up with fit_one_cycle, lower it, or add "
-                "batchnorm.", layer=name, batches=_span(stats.batches, first or 0, len(share)),
+                f"book): lower the learning rate, {warm_up(one_cycle)}, or add batchnorm.",
+                layer=name, batches=_span(stats.batches, first or 0, len(share)),
                 value=float(cycles)))
     return out
 
 
 def loss_problems(losses: list[float], smooth: list[float], lrs: list[float],
-                  th: Thresholds, restarts: list[int] | tuple[int, ...] = ()) -> list[Finding]:
+                  th: Thresholds, restarts: list[int] | tuple[int, ...] = (),
+                  one_cycle: bool | None = None) -> list[Finding]:
     """NaN or infinite loss, a loss that diverges or never goes down, and spikes at high lr.
 
     `restarts`: the batches where the training set changed (the Recorder's marks: a callback
@@ -209,8 +236,8 @@ def loss_problems(losses: list[float], smooth: list[float], lrs: list[float],
     if bad:
         lr = f" with lr {lrs[bad[0]]:.3g}" if bad[0] < len(lrs) else ""
         out.append(Finding("error", "nan_loss", f"The loss became {losses[bad[0]]} at batch "
-                           f"{bad[0]}{lr}.", "Lower the learning rate, warm it up "
-                           "(fit_one_cycle), or add batchnorm.",
+                           f"{bad[0]}{lr}.", f"Lower the learning rate, {warm_up(one_cycle)}, "
+                           f"or add batchnorm.",
                            batches=(bad[0], bad[-1]), value=float(len(bad))))
         return out
     head = restarts[0] if restarts else len(losses)
@@ -303,7 +330,8 @@ def loss_rise(smooth: list[float], lrs: list[float], th: Thresholds) -> list[Fin
                     "valley is a good start).", batches=(frm, to), value=ratio)]
 
 
-def valid_gap(values: list[dict], th: Thresholds) -> list[Finding]:
+def valid_gap(values: list[dict], th: Thresholds,
+              one_cycle: bool | None = None) -> list[Finding]:
     """The valid loss far above the train loss: the model does not do on new data what it
     does on the training batches."""
     if not values:
@@ -320,9 +348,9 @@ def valid_gap(values: list[dict], th: Thresholds) -> list[Finding]:
         "error" if ratio > 2 * th.gap else "warning", "valid_gap",
         f"Epoch {last.get('epoch', len(values) - 1)}: valid loss {valid:.3g}{acc} is "
         f"{ratio:.3g}x the train loss {train:.3g}.",
-        "With batchnorm and a high learning rate the running statistics used for validation "
-        "lag the weights: lower the learning rate or anneal it (fit_one_cycle). Late in a long "
-        "run it is overfitting: fewer epochs, more data or augmentation.", value=ratio)]
+        f"With batchnorm and a high learning rate the running statistics used for validation "
+        f"lag the weights: {anneal(one_cycle)}. Late in a long run it is overfitting: fewer "
+        f"epochs, more data or augmentation.", value=ratio)]
 
 
 def too_little(history, th: Thresholds) -> list[Finding]:
@@ -421,6 +449,7 @@ def diagnose(learn=None, stats=None, history=None, gradients=None,
         history = history or getattr(learn, "recorder", None)
         gradients = gradients or getattr(learn, "gradient_stats", None)
     findings: list[Finding] = []
+    one_cycle = used_one_cycle(history) if history is not None else None
     findings += update_problems(gradients, th)
     if history is not None:
         findings += too_little(history, th)
@@ -429,12 +458,12 @@ def diagnose(learn=None, stats=None, history=None, gradients=None,
         restarts = sorted({m["batch"] for m in getattr(history, "marks", [])
                            if 0 < m["batch"] < len(history.losses)})
         findings += loss_problems(list(history.losses), list(history.smooth_losses), lrs, th,
-                                  restarts)
-        findings += valid_gap(list(history.values), th)
+                                  restarts, one_cycle)
+        findings += valid_gap(list(history.values), th, one_cycle)
     if stats is not None and stats.batches:
-        findings += dead_layers(stats, th)
+        findings += dead_layers(stats, th, one_cycle)
         findings += collapse_or_explode(stats, th)
-        findings += unstable_layers(stats, th)
+        findings += unstable_layers(stats, th, one_cycle)
     if stats is None and history is None and gradients is None:
         raise UsageError("diagnose needs a Learner after fit, or recorded stats or history.")
     findings.sort(key=lambda f: SEVERITIES.index(f.severity))

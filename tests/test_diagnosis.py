@@ -244,3 +244,24 @@ def test_a_hard_epoch_that_climbs_or_spikes_is_still_flagged():
                    marks=changed(235, 259))
     assert [f.batches for f in diagnose(history=hist) if f.kind == "loss_spike"] == [
         (275, 275)]
+
+
+def test_advice_fits_the_schedule_the_run_used():
+    """A run that used fit_one_cycle is not told to use fit_one_cycle: it is told to warm up
+    longer or lower the peak; a run at a constant rate is told to warm up and anneal."""
+    values = [{"epoch": 0, "train_loss": 0.4, "valid_loss": 2.9, "accuracy": 0.31}]
+    falling = [2.0 - 0.05 * i for i in range(30)]
+    nan = [*falling[:10], float("nan")]
+    cycle = {"callbacks": {"param_scheduler": "1cycle: lr 0.004 up to 0.1 ..."}}
+    for meta, lrs, warm, cool in (
+            (cycle, [[0.1]] * 30, "a larger pct_start in fit_one_cycle",
+             "lower the peak (lr_max) of fit_one_cycle"),
+            ({}, [[3.0]] * 30, "warm it up (fit_one_cycle)",
+             "lower the learning rate or anneal it (fit_one_cycle)"),
+            ({}, [[0.01 * (i + 1)] for i in range(15)] + [[0.01 * (30 - i)] for i in range(15)],
+             "a larger pct_start in fit_one_cycle", "lower the peak (lr_max)")):
+        gap = next(f for f in diagnose(history=History(falling, falling, {"lr": lrs}, values,
+                                                       meta)) if f.kind == "valid_gap")
+        assert cool in gap.suggestion, (meta, gap.suggestion)
+        found = diagnose(history=History(nan, nan, {"lr": lrs}, [], meta))
+        assert warm in next(f for f in found if f.kind == "nan_loss").suggestion, meta
