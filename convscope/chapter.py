@@ -82,7 +82,15 @@ def run_chapter(out: str | Path = "runs/chapter", subset: int | None = None,
     """
     from convscope.run import train
 
+    from convscope import run_folder
+    from convscope.errors import UsageError
+
     out = Path(out)
+    earlier = [s.name for s in STEPS if run_folder.run_files(out / s.name)]
+    if earlier and not overwrite:  # refused before any step trains, naming the chapter's way
+        raise UsageError(f"--out: {str(out)!r} holds an earlier replay ({', '.join(earlier)}); "
+                         f"`convscope chapter --out {run_folder.quoted(out)} --overwrite` "
+                         f"replays it again, or choose another --out")
     outcomes = []
     for step in STEPS:
         # every step starts from the book recipe (every image every epoch, plain accuracy)

@@ -238,7 +238,8 @@ def _kernel(args: argparse.Namespace) -> int:
                       save=out / "kernels.png")
     atomic_write_bytes(out / "kernel.txt", f"{source}\n{args.kernel}\n{k.tolist()}\n".encode())
     print(f"{source} ({c}x{x.shape[1]}x{x.shape[2]}) under {args.kernel}: "
-          f"{out / (args.kernel + '.png')}, all kernels: {out / 'kernels.png'}")
+          f"{out / (args.kernel + '.png')}, all kernels: {out / 'kernels.png'}; the image "
+          f"and the kernel's weights: {out / 'kernel.txt'}")
     return 0
 
 

@@ -125,9 +125,9 @@ def compare(run_dirs) -> str:
             missing = [n for n in names if n not in have]
             note = (f" <small>(only in {', '.join(have)}; not in {', '.join(missing)})</small>"
                     if missing else "")
-            out += [f"<h3>Module {html.escape(layer)}{note}</h3>",
+            out += [f"<h3>Block {html.escape(layer)}{note}</h3>",
                     figs.img(lambda layer=layer: plots.compare_color_dim(stats, names, layer),
-                             f"module {layer} color_dim side by side")]
+                             f"block {layer} color_dim side by side")]
     out += ["<h2>Diagnosis</h2><div class='side'>"]
     for r, n in zip(runs, names, strict=True):
         found = diagnose(stats=r.stats, history=r.history, gradients=r.gradients)

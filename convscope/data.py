@@ -203,8 +203,11 @@ class ImageData:
         g = torch.Generator().manual_seed(seed)
         it = torch.randperm(len(self.y_train), generator=g)[:n_train]
         iv = torch.randperm(len(self.y_valid), generator=g)[: n_valid or len(self.y_valid)]
+        some = f"a random {len(it):,} of its {len(self.y_train):,} training images"
+        if len(iv) < len(self.y_valid):
+            some += f" and {len(iv):,} of its {len(self.y_valid):,} held-out ones"
         return ImageData(self.x_train[it], self.y_train[it], self.x_valid[iv], self.y_valid[iv],
-                         self.classes, f"{self.source} (subset {len(it)}/{len(iv)})")
+                         self.classes, f"{self.source} ({some})")
 
     def split(self, valid_pct: float, seed: int = 0) -> ImageData:
         """Hold out `valid_pct` of the training set as the valid set (the test set is unused)."""

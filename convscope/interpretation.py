@@ -104,11 +104,13 @@ class Interpretation:
                  "accuracy": float(cm[i, i] / n[i]) if n[i] else float("nan")}
                 for i, name in enumerate(self.classes)]
 
-    def plot_confusion_matrix(self, save: str | Path | None = None):
-        """The confusion matrix with its counts; returns the figure."""
+    def plot_confusion_matrix(self, save: str | Path | None = None, held_out: str = "valid"):
+        """The confusion matrix with its counts; returns the figure. `held_out`: what the
+        images are ("valid" or "test"), for its title."""
         from convscope import plots
 
-        return plots.plot_confusion_matrix(self.confusion_matrix(), self.classes, save=save)
+        return plots.plot_confusion_matrix(self.confusion_matrix(), self.classes, save=save,
+                                           held_out=held_out)
 
     def plot_top_losses(self, k: int = 9, save: str | Path | None = None):
         """The images with the largest losses, titled predicted / actual / probability / loss."""

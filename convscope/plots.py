@@ -232,7 +232,7 @@ def plot_layer_stats(stats, idx: int | str, save: str | Path | None = None) -> F
         ax.set_xlabel("batch")
         ax.grid(alpha=0.3)
     axes[2].set_ylim(-3, 103)  # a dead layer sits at exactly 100%: keep the line visible
-    fig.suptitle(f"module {stats.layer_names[i]}", fontsize=11)
+    fig.suptitle(f"block {stats.layer_names[i]}", fontsize=11)
     fig.tight_layout()
     return save_figure(fig, save)
 
@@ -255,7 +255,7 @@ def color_dim(stats, idx: int | str, recorder=None, save: str | Path | None = No
     fig.colorbar(im, ax=ax, label="log(1 + count)", pad=0.16 if recorder is not None else 0.04)
     ax.set_xlabel("batch")
     ax.set_ylabel("activation")
-    ax.set_title(f"module {stats.layer_names[i]}: histogram over training", fontsize=10)
+    ax.set_title(f"block {stats.layer_names[i]}: histogram over training", fontsize=10)
     if recorder is not None and recorder.hps["lr"]:
         lr_ax = ax.twinx()
         lrs = [g[0] for g in recorder.hps["lr"]]
@@ -271,7 +271,7 @@ def dead_chart(stats, save: str | Path | None = None) -> Figure:
     fig = Figure(figsize=(7, 3.6))
     ax = fig.subplots()
     for i, name in enumerate(stats.layer_names):
-        ax.plot(stats.batches, 100 * stats.near_zero(i).numpy(), label=f"module {name}")
+        ax.plot(stats.batches, 100 * stats.near_zero(i).numpy(), label=f"block {name}")
     ax.set_ylim(-3, 103)
     ax.set_xlabel("batch")
     ax.set_ylabel(f"% near zero (|x| <= {stats.zero_thresh:g})")
@@ -302,7 +302,7 @@ def plot_lr_find(lrs: Sequence[float], losses: Sequence[float], suggestions=None
 
 
 def plot_confusion_matrix(cm: Tensor, classes: Sequence[str],
-                          save: str | Path | None = None) -> Figure:
+                          save: str | Path | None = None, held_out: str = "valid") -> Figure:
     """Counts of (actual, predicted) pairs, each cell labelled, the diagonal being right."""
     n = len(classes)
     side = min(2.5 + 0.45 * n, 12)
@@ -320,7 +320,7 @@ def plot_confusion_matrix(cm: Tensor, classes: Sequence[str],
     ax.set_yticks(range(n), [str(c) for c in classes])
     ax.set_xlabel("predicted")
     ax.set_ylabel("actual")
-    ax.set_title("confusion matrix (valid set)", fontsize=10)
+    ax.set_title(f"confusion matrix ({held_out} set)", fontsize=10)
     fig.tight_layout()
     return save_figure(fig, save)
 
@@ -340,7 +340,7 @@ def plot_gradient_stats(gstats, save: str | Path | None = None) -> Figure:
         ax.set_xlabel("batch")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7, ncol=2, title="module", title_fontsize=7)
+    axes[1].legend(fontsize=7, ncol=2, title="layer", title_fontsize=7)
     fig.tight_layout()
     return save_figure(fig, save)
 
@@ -400,7 +400,7 @@ def compare_color_dim(stats: Sequence, names: Sequence[str], layer: str,
         im = ax.imshow(np.log1p(s.hist(i).T.numpy()), origin="lower", aspect="auto",
                        cmap="viridis", norm=norm, extent=(first, last, r_lo, r_hi))
         ax.set_ylim(lo, hi)
-        ax.set_title(f"{name}: module {layer}", fontsize=9)
+        ax.set_title(f"{name}: block {layer}", fontsize=9)
         ax.set_xlabel("batch")
     axes[0].set_ylabel("activation")
     fig.colorbar(im, ax=list(axes), label="log(1 + count)")
@@ -417,7 +417,7 @@ def compare_dead(stats: Sequence, names: Sequence[str],
     axes = fig.subplots(1, len(panels), squeeze=False, sharey=True)[0]
     for ax, (s, name) in zip(axes, panels, strict=True):
         for i, layer in enumerate(s.layer_names):
-            ax.plot(s.batches, 100 * s.near_zero(i).numpy(), label=f"module {layer}")
+            ax.plot(s.batches, 100 * s.near_zero(i).numpy(), label=f"block {layer}")
         ax.set_ylim(-3, 103)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("batch")

@@ -83,8 +83,9 @@ def cpu_fp16_refusal() -> str | None:
     if cpu_native_fp16():
         return None
     return (f"--precision fp16: this CPU ({cpu_capability()}) has no fp16 instructions, so "
-            f"fp16 would be emulated, several times slower than fp32. Use --precision "
-            f"{'bf16 (native here) ' if cpu_native_bf16() else ''}or fp32 on this CPU, or "
+            f"fp16 would be emulated, several times slower than fp32. Use "
+            f"{'--precision bf16 (native here) or ' if cpu_native_bf16() else ''}"
+            f"--precision fp32 on this CPU, or "
             f"--device cuda.")
 
 

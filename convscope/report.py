@@ -237,7 +237,7 @@ def _mistakes(run: Run, figs: Figures) -> list[str]:
                if run.result.augmented else "")
     out = [f"<h2>What the model gets wrong ({held} set)</h2>",
            f"<p>{html.escape(counted)}</p>" if counted else "",
-           figs.img(it.plot_confusion_matrix, "confusion matrix"),
+           figs.img(lambda: it.plot_confusion_matrix(held_out=held), "confusion matrix"),
            "<h3>Most confused</h3>", table_html(worst, left=("actual", "predicted")),
            "<h3>Accuracy per class</h3>", table_html(per_class, left=("class",))]
     if it.images is not None:

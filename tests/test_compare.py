@@ -124,7 +124,9 @@ def test_chapter_replays_end_to_end_on_a_subset(tmp_path, capsys):
     assert len(result.images) >= 6
     # a second replay does not overwrite the first behind the user's back
     assert main(["chapter", "--subset", "1000", "--out", str(out)]) == 2
-    assert "holds a run already" in cli_error(capsys.readouterr().err)
+    line = cli_error(capsys.readouterr().err)
+    assert "holds an earlier replay (1-no-bn-bs64, " in line
+    assert f"`convscope chapter --out {out} --overwrite` replays it again" in line
 
 
 def test_a_step_that_fails_is_shown_and_the_others_run(tmp_path, monkeypatch):

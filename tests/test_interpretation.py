@@ -192,7 +192,7 @@ def test_tiny_runs_are_not_called_healthy_and_print_no_library_warning(tmp_path,
     assert main(["train", "--subset", "1438", "--bs", "5000", "--epochs", "1", "--out",
                  str(tmp_path / "one-step")]) == 0
     out, err = capsys.readouterr()
-    assert "looks healthy" not in out and "Only 1 training step were taken" in out
+    assert "looks healthy" not in out and "Only 1 training step was taken" in out
     assert "Warning" not in err
 
 

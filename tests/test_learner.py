@@ -113,8 +113,8 @@ def test_lr_find_runs_again_and_again_and_after_training():
     from matplotlib.figure import Figure
 
     learn = make_learner()
-    first = learn.lr_find(num_it=20)
-    second = learn.lr_find(num_it=20)
+    first = learn.lr_find(num_it=60)
+    second = learn.lr_find(num_it=60)
     assert first.lrs == second.lrs and first.losses == second.losses  # no trace in between
     assert first.reliable and first.valley is not None
     assert isinstance(first.plot(), Figure)

@@ -84,9 +84,24 @@ def test_suggestions_on_a_known_curve():
 
 def test_lr_find_command(tmp_path, capsys):
     out = tmp_path / "lr.png"
-    assert main(["lr-find", "--subset", "2048", "--bs", "64", "--num-it", "30",
+    assert main(["lr-find", "--subset", "2048", "--bs", "64", "--num-it", "60",
                  "--out", str(out)]) == 0
     assert out.read_bytes()[:4] == b"\x89PNG"
     assert "suggestions: valley" in capsys.readouterr().out
     assert main(["lr-find", "--start-lr", "1", "--end-lr", "0.1"]) == 2
     assert "--start-lr must be below --end-lr" in capsys.readouterr().err
+
+
+def test_a_sweep_that_never_turns_up_or_is_too_short_suggests_nothing():
+    """A loss still falling at the sweep's end has no minimum to read: the suggestion would be
+    an end of the range; a sweep of 30 steps is too short to trust."""
+    from convscope.callbacks.lr_find import why_unreliable
+
+    lrs = [10 ** (-7 + 8 * i / 99) for i in range(100)]
+    falling = [2.0 - i / 100 for i in range(100)]
+    reason = why_unreliable(lrs, falling)
+    assert reason.startswith("the loss was still falling at the sweep's end (lr 10)")
+    assert "--end-lr" in reason
+    short = learner().lr_find(num_it=30)
+    assert not short.reliable and "a sweep of 30 steps is too short to trust" in short.reason
+    assert "no reliable suggestion" in short.describe()

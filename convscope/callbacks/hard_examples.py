@@ -9,8 +9,9 @@ shown yet counts as the hardest. The learning-rate schedule spans the shorter ep
 1cycle fit still ends where it should.
 
 On MNIST with simple_cnn, the `fast` recipe (recipes.py) trains its second and third epochs
-on the hardest quarter of the digits and reaches the book's accuracy in about half its time
-(bench/time_to_99.py). The idea is old: online hard example mining, selective backprop.
+on the hardest quarter of the digits: 1.5 epochs' worth of images where three full epochs
+reach the same accuracy (bench/time_to_99.py). The idea is old: online hard example mining,
+selective backprop.
 
 The Learner asks every callback how many images each epoch draws (`epoch_images`), so the
 learning-rate schedule spans the shorter epochs; the Recorder sees the training set change

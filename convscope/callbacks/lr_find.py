@@ -104,6 +104,9 @@ def suggest_lrs(lrs: list[float], losses: list[float]) -> SuggestedLRs:
 # 100-step sweep, 25-50% below its start; a trained one's at 0-14%, where a fall of up to 27%
 # is batch noise at learning rates too small to change anything.
 MIN_DROP, EARLY = 0.1, 1 / 3
+# Fewer steps than this: the debiased smoothing (beta 0.98) spans most of the sweep, and the
+# steepest point lands in its first, noisy steps (a 30-step sweep suggested 1.9e-07).
+MIN_STEPS = 50
 
 
 def why_unreliable(lrs: list[float], losses: list[float]) -> str | None:
@@ -128,6 +131,10 @@ def why_unreliable(lrs: list[float], losses: list[float]) -> str | None:
                 f"{values[low]:.3g}), so there is no descent to read a learning rate from: the "
                 f"model is probably trained already (run lr_find before training) or start_lr "
                 f"is already too high")
+    if low == len(values) - 1:
+        return (f"the loss was still falling at the sweep's end (lr {finite[low][0]:.2g}): it "
+                f"never turned up, so there is no minimum to read and the steepest point may "
+                f"lie beyond; sweep further (a larger end_lr, --end-lr)")
     if low < EARLY * len(values):
         return (f"the loss was lowest early in the sweep (lr {finite[low][0]:.2g}, step "
                 f"{low + 1} of {len(values)}) and only rose after, so its fall is batch noise "
@@ -232,5 +239,10 @@ def lr_find(learn, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 1
         for cb in benched:
             learn.add_cb(cb)
     reason = why_unreliable(finder.lrs, finder.losses)
+    diverged = len(finder.losses) < num_it  # stopped by the loss blowing up
+    if not diverged and num_it < MIN_STEPS:  # what else it says rests on too few steps
+        reason = (f"a sweep of {num_it} steps is too short to trust: the smoothed loss has "
+                  f"barely settled before the rate has moved on; sweep {MIN_STEPS} steps or "
+                  f"more (num_it, --num-it)")
     suggestions = suggest_lrs(finder.lrs, finder.losses) if reason is None else None
     return LRFindResult(finder.lrs, finder.losses, suggestions, reason)
