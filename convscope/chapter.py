@@ -80,10 +80,9 @@ def run_chapter(out: str | Path = "runs/chapter", subset: int | None = None,
 
     A step that fails (it diverges, say) is shown as that step's result; the others still run.
     """
-    from convscope.run import train
-
     from convscope import run_folder
     from convscope.errors import UsageError
+    from convscope.run import train
 
     out = Path(out)
     earlier = [s.name for s in STEPS if run_folder.run_files(out / s.name)]

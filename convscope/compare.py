@@ -139,6 +139,9 @@ def compare(run_dirs) -> str:
 def write_compare(run_dirs, out: str | Path) -> Path:
     """Write the comparison page to `out` (atomically); return its path."""
     out = Path(out)
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise UsageError(f"--out: the comparison is an HTML page; expected a .html file, "
+                         f"received {str(out)!r}")
     page = compare(run_dirs)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out, page.encode())

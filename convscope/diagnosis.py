@@ -361,8 +361,9 @@ def too_little(history, th: Thresholds) -> list[Finding]:
         return out
     if steps < th.min_steps:
         out.append(Finding(
-            "warning", "too_little", f"Only {steps} training step{'s were' if steps != 1 else ' was'} "
-            f"taken: too few to judge how training went.", f"At least {th.min_steps} "
+            "warning", "too_little",
+            f"Only {steps} training step{'s were' if steps != 1 else ' was'} taken: too few to "
+            f"judge how training went.", f"At least {th.min_steps} "
             "are needed to tell a healthy run: more data, more epochs or a smaller batch "
             "size.", value=float(steps)))
     n_valid = meta.get("n_valid")

@@ -271,7 +271,8 @@ def dead_chart(stats, save: str | Path | None = None) -> Figure:
     fig = Figure(figsize=(7, 3.6))
     ax = fig.subplots()
     for i, name in enumerate(stats.layer_names):
-        ax.plot(stats.batches, 100 * stats.near_zero(i).numpy(), label=f"block {name}")
+        ax.plot(stats.batches, 100 * stats.near_zero(i).numpy(), label=f"block {name}",
+                marker="o" if len(stats.batches) < 3 else None)
     ax.set_ylim(-3, 103)
     ax.set_xlabel("batch")
     ax.set_ylabel(f"% near zero (|x| <= {stats.zero_thresh:g})")
@@ -345,29 +346,55 @@ def plot_gradient_stats(gstats, save: str | Path | None = None) -> Figure:
     return save_figure(fig, save)
 
 
+def in_epochs(history) -> list[float]:
+    """Each recorded training batch's place in epochs (batch i of epoch e, of n batches: e +
+    (i + 1) / n), so runs of other batch sizes or epoch lengths line up."""
+    ends = list(history.epoch_ends)
+    total = len(history.losses)
+    if not ends or ends[-1] < total:  # a fit stopped mid-epoch: its batches past the last end
+        ends.append(total)
+    out, start = [], 0
+    for e, end in enumerate(ends):
+        n = max(end - start, 1)
+        out += [e + (i + 1) / n for i in range(end - start)]
+        start = end
+    return out[:total]
+
+
 def compare_curves(histories: Sequence, names: Sequence[str],
                    save: str | Path | None = None) -> Figure:
-    """Several runs' curves overlaid, one colour per run: smoothed train loss per batch with
-    the valid loss at each epoch's end, accuracy per epoch, learning rate and momentum."""
+    """Several runs' curves overlaid on one axis of epochs, one colour and dash per run:
+    smoothed train loss with the valid loss at each epoch's end, accuracy per epoch, learning
+    rate and momentum."""
     fig = Figure(figsize=(12, 7))
     (loss_ax, acc_ax), (lr_ax, mom_ax) = fig.subplots(2, 2)
+    dashes = ["-", "--", "-.", ":"]
+    accs: list[float] = []
     for k, (h, name) in enumerate(zip(histories, names, strict=True)):
-        colour = f"C{k % 10}"
-        loss_ax.plot(h.smooth_losses, color=colour, label=name)
-        if h.values and h.losses:
-            loss_ax.plot(h.epoch_ends, [v["valid_loss"] for v in h.values], "o--",
-                         color=colour, markersize=4)
-            acc_ax.plot(range(len(h.values)), [100 * v.get("accuracy", math.nan)
-                                               for v in h.values], "o-", color=colour,
-                        label=name)
+        colour, dash = f"C{k % 10}", dashes[k % len(dashes)]
+        x = in_epochs(h)
+        loss_ax.plot(x, h.smooth_losses[:len(x)], dash, color=colour, label=name)
+        if h.values:
+            ends = [e + 1 for e in range(len(h.values))]
+            loss_ax.plot(ends, [v["valid_loss"] for v in h.values], "o", color=colour,
+                         markersize=4)
+            acc = [100 * v.get("accuracy", math.nan) for v in h.values]
+            accs += [a for a in acc if math.isfinite(a)]
+            acc_ax.plot(ends, acc, "o" + dash, color=colour, label=name)
         for ax, hp in ((lr_ax, "lr"), (mom_ax, "mom")):
-            ax.plot([g[0] for g in h.hps.get(hp, [])], color=colour, label=name)
+            ax.plot(x, [g[0] for g in h.hps.get(hp, [])][:len(x)], dash, color=colour,
+                    label=name)
     loss_ax.set_yscale("log")
-    for ax, title, x in ((loss_ax, "loss: train smoothed (line), valid (dots)", "batch"),
-                         (acc_ax, "accuracy (%)", "epoch"), (lr_ax, "learning rate", "batch"),
-                         (mom_ax, "momentum / beta1", "batch")):
+    if accs:  # the data's range with room, within 0-100: one epoch's point is not a range
+        lo, hi = min(accs), max(accs)
+        pad = max((hi - lo) * 0.15, 0.5)
+        acc_ax.set_ylim(max(lo - pad, 0), min(hi + pad, 100))
+    for ax, title in ((loss_ax, "loss: train smoothed (line), valid (dots)"),
+                      (acc_ax, "accuracy (%) at each epoch's end"),
+                      (lr_ax, "learning rate"), (mom_ax, "momentum / beta1")):
         ax.set_title(title, fontsize=10)
-        ax.set_xlabel(x)
+        ax.set_xlabel("epoch")
+        ax.set_xlim(left=0)
         ax.grid(alpha=0.3)
     loss_ax.legend(fontsize=8)
     fig.tight_layout()
@@ -417,7 +444,9 @@ def compare_dead(stats: Sequence, names: Sequence[str],
     axes = fig.subplots(1, len(panels), squeeze=False, sharey=True)[0]
     for ax, (s, name) in zip(axes, panels, strict=True):
         for i, layer in enumerate(s.layer_names):
-            ax.plot(s.batches, 100 * s.near_zero(i).numpy(), label=f"block {layer}")
+            # a run with a batch or two recorded: points, or a line of one point shows nothing
+            ax.plot(s.batches, 100 * s.near_zero(i).numpy(), label=f"block {layer}",
+                    marker="o" if len(s.batches) < 3 else None)
         ax.set_ylim(-3, 103)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("batch")

@@ -16,11 +16,13 @@ from convscope.models import simple_cnn
 @pytest.mark.parametrize("args,message", [
     (["train", "--epochs", "-1"], "--epochs: expected an integer >= 0, received '-1'"),
     (["train", "--epochs", "two"], "--epochs: expected an integer >= 0, received 'two'"),
-    (["train", "--lr", "0"], "--lr: expected a number > 0, received '0'"),
-    (["train", "--lr=-3e-3"], "--lr: expected a number > 0, received '-3e-3'"),
-    (["train", "--lr", "nan"], "--lr: expected a number > 0, received 'nan'"),
+    (["train", "--lr", "0"], "--lr: expected a number > 0 and <= 1000, received '0'"),
+    (["train", "--lr=-3e-3"], "--lr: expected a number > 0 and <= 1000, received '-3e-3'"),
+    (["train", "--lr", "nan"], "--lr: expected a number > 0 and <= 1000, received 'nan'"),
+    (["train", "--recipe", "slow"], "--recipe: invalid choice: 'slow' (choose from"),
     (["train", "--bs", "0"], "--bs: expected an integer >= 1, received '0'"),
-    (["train", "--seed", "-2"], "--seed: expected an integer >= 0, received '-2'"),
+    (["train", "--seed", "-2"], "--seed: expected an integer from 0 to 9223372036854775807, "
+                                "received '-2'"),
     (["train", "--subset", "0"], "--subset: expected an integer >= 1, received '0'"),
     (["train", "--valid-pct", "1.5"], "--valid-pct: expected a number between 0 and 1"),
     (["train", "--hard", "0"], "--hard: expected a number in (0, 1], received '0'"),

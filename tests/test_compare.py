@@ -148,3 +148,29 @@ def test_a_step_that_fails_is_shown_and_the_others_run(tmp_path, monkeypatch):
     assert "This step diverged:</b> Training diverged at epoch 0, batch 3" in text
     assert ">diverged<" in text  # its row in the table
     assert (tmp_path / "ch" / "2-no-bn-bs512" / "report.html").is_file()
+
+
+def test_curves_line_up_on_epochs_and_the_page_is_html(runs, tmp_path, capsys):
+    """Runs of other batch sizes or epoch lengths share one axis of epochs; the accuracy axis
+    holds the data (one epoch's point too); a page asked for as .png is refused."""
+    from convscope.callbacks.recorder import History
+    from convscope.plots import compare_curves, in_epochs
+
+    short = History([1.0] * 6, [1.0] * 6, {"lr": [[0.1]] * 6, "mom": [[0.9]] * 6},
+                    [{"valid_loss": 1.0, "accuracy": 0.9612}], epoch_ends=[6])
+    long = History([1.0] * 30, [1.0] * 30, {"lr": [[0.1]] * 30, "mom": [[0.9]] * 30},
+                   [{"valid_loss": 1.0, "accuracy": 0.97}, {"valid_loss": 0.9, "accuracy": 0.98}],
+                   epoch_ends=[20, 30])
+    assert in_epochs(short)[-1] == 1.0 and in_epochs(long)[19] == 1.0
+    assert in_epochs(long)[-1] == 2.0 and in_epochs(long)[20] == pytest.approx(1.1)
+    fig = compare_curves([short, long], ["a", "b"])
+    loss_ax, acc_ax = fig.axes[0], fig.axes[1]
+    assert max(max(line.get_xdata()) for line in loss_ax.lines) == 2.0
+    lo, hi = acc_ax.get_ylim()
+    assert lo <= 96.12 and hi >= 98 and hi <= 100 and lo >= 90
+    one = compare_curves([short], ["a"]).axes[1].get_ylim()
+    assert one[0] < 96.12 < one[1] and one[0] > 90
+    good, bad, _ = runs
+    assert main(["compare", str(good), str(bad), "--out", str(tmp_path / "cmp.png")]) == 2
+    assert "expected a .html file, received" in cli_error(capsys.readouterr().err)
+    assert not (tmp_path / "cmp.png").exists()
