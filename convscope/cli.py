@@ -279,10 +279,11 @@ def _conv_sheet(args: argparse.Namespace) -> int:
 def _explore(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from convscope import run_folder
     from convscope.explore import write_explore
 
     img, source = _image_or_digit(args)
-    out = Path(args.out) if args.out else Path(args.run_dir) / "explore.html"
+    out = Path(args.out) if args.out else Path(args.run_dir) / run_folder.EXPLORE
     print(f"wrote {write_explore(args.run_dir, out, img, source)}")
     return 0
 
@@ -406,12 +407,16 @@ def _train(args: argparse.Namespace) -> int:
         kind = check_data(cfg.data)
         if cfg.subset or kind == "mnist":  # the rest know their size once loaded
             check_batches(cfg.subset or 60000, cfg.bs, cfg.nproc * spec.nnodes)
+        created = False
         if args.resume is None and spec.node_rank == 0:
+            created = not os.path.exists(cfg.out)
             with run_folder.Lock(cfg.out, create=True):  # not while another process owns it
                 run_folder.prepare(cfg.out, overwrite)
         try:
             return launch(spec, args.argv, cfg.out)
         except LaunchFailed as e:
+            if created:  # a group that never started leaves no empty run folder behind
+                run_folder.remove_if_empty(cfg.out)
             if e.exit_code != 2:  # 2: the workers said what they refused, one line each
                 print(f"convscope: {e}", file=sys.stderr)
             return e.exit_code

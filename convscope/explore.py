@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from convscope import run_folder
 from convscope.errors import UsageError
 from convscope.files import atomic_write_bytes
 
@@ -32,7 +33,7 @@ def load_model(run_dir: str | Path):
 
     from convscope.models import simple_cnn_from_metadata
 
-    path = Path(run_dir) / "model.safetensors"
+    path = Path(run_dir) / run_folder.MODEL
     if not path.is_file():
         raise UsageError(f"{run_dir}: no model.safetensors; expected the folder of a finished "
                          f"`convscope train` run")
@@ -140,7 +141,7 @@ def write_explore(run_dir: str | Path, out: str | Path, image: torch.Tensor, sou
         image = F.interpolate(image[None].float(), size=(h, w), mode="area")[0].round().to(
             torch.uint8)
     layers, probs = activations(model, image, json.loads(meta["mean"]), json.loads(meta["std"]))
-    classes = class_names(meta, Path(run_dir) / "model.safetensors")
+    classes = class_names(meta, Path(run_dir) / run_folder.MODEL)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     title = f"convscope explore: {Path(run_dir).name}, {source}"

@@ -165,6 +165,7 @@ def test_a_machine_that_never_joins(tmp_path):
                  str(tmp_path / "run"), timeout=120)
     assert proc.returncode == 1
     assert "the 2 machines did not all join the rendezvous" in cli_error(proc.stderr)
+    assert not (tmp_path / "run").exists()  # the failed start left no empty run folder
 
 
 def test_a_rendezvous_port_in_use_is_refused(tmp_path):
