@@ -382,11 +382,18 @@ def _summary(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     import os
 
-    from convscope import run_folder
-    from convscope.config import TrainConfig
-    from convscope.run import check_data, run_training
-    from convscope.run.launch import Launch, LaunchFailed, launch
-    from convscope.run.train import check_batches
+    from convscope.errors import TrainingInterrupted
+    from convscope.signals import deferred_interrupt
+
+    with deferred_interrupt() as start:  # torch and the rest load here, whole or not at all
+        from convscope import run_folder
+        from convscope.config import TrainConfig
+        from convscope.run import check_data, run_training
+        from convscope.run.launch import Launch, LaunchFailed, launch
+        from convscope.run.train import check_batches
+    if start.asked:
+        raise TrainingInterrupted("interrupted while starting up, before anything was "
+                                  "written. Run the same command again.")
 
     given = {name: getattr(args, name) for name in TRAIN_OPTIONS if hasattr(args, name)}
     overwrite = getattr(args, "overwrite", False)
@@ -448,7 +455,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             traceback.print_exc()
         if isinstance(e, KeyboardInterrupt):  # TrainingInterrupted says what to run next
-            print(f"convscope: {e or 'interrupted'}", file=sys.stderr)
+            print(f"convscope: {str(e) or 'interrupted'}", file=sys.stderr)
             return 130
         if isinstance(e, TrainingDivergedError):
             print(f"convscope: {e}", file=sys.stderr)

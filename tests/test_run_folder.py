@@ -251,3 +251,30 @@ def test_reports_and_comparisons_read_an_older_run_as_it_was_trained(finished, t
         run_folder.load_run(old)
     with pytest.raises(ValueError, match="expected a JSON object of settings, received a list"):
         run_folder.load_config(old)
+
+
+@pytest.mark.parametrize("before,expected", [
+    ("torch", "interrupted while starting up, before anything was written. Run the same"),
+    ("convscope.run.train", "interrupted while starting up, before anything was written"),
+    ("convscope.image_folders", "interrupted while starting up, before anything was written"),
+    ("matplotlib", None),  # after training: the outputs are written first, then exit 0
+])
+def test_ctrl_c_at_points_of_start_up_and_end(tmp_path, before, expected):
+    """A real process interrupted just before it imports `before`: one line that says what
+    was kept and what to run next, exit 130, no traceback, nothing half-written; at the end,
+    the first Ctrl-C lets the outputs finish."""
+    hook = Path(__file__).parent / "sigint_hook"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get(
+        "PYTHONPATH", "")]), "CONVSCOPE_TEST_SIGINT_BEFORE": before, "OMP_NUM_THREADS": "1"}
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "convscope", "train", *QUICK, "--no-stats",
+                           "--out", str(run)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    if expected is None:
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "writing its outputs and report first" in proc.stderr
+        assert (run / "report.html").is_file()
+        return
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    assert expected in cli_error(proc.stderr)
+    assert not run.exists()

@@ -10,10 +10,8 @@ stop at different batches.
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import threading
-from collections.abc import Callable
 
 from convscope.callback import Callback, CancelFitException
 
@@ -58,26 +56,3 @@ class GracefulStop(Callback):
         if self._previous is not None and signal.getsignal(signal.SIGINT) == self._ask:
             signal.signal(signal.SIGINT, self._previous)
         self._previous = None
-
-
-@contextlib.contextmanager
-def finish_before_stopping(note: Callable[[], None]):
-    """Within the block, a first Ctrl-C only calls `note` (say that the work under way is
-    being finished) and the block runs to its end; a second one interrupts at once. Used for
-    the few seconds in which a finished run writes its outputs: the report is written whenever
-    training finished. Outside the main thread (where signals never arrive) it does nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.getsignal(signal.SIGINT)
-
-    def ask(signum, frame) -> None:
-        signal.signal(signal.SIGINT, previous)  # the next Ctrl-C interrupts at once
-        note()
-
-    signal.signal(signal.SIGINT, ask)
-    try:
-        yield
-    finally:
-        if signal.getsignal(signal.SIGINT) == ask:
-            signal.signal(signal.SIGINT, previous)

@@ -27,7 +27,6 @@ import torch
 
 from convscope import distributed, run_folder
 from convscope.callbacks import CheckpointCallback, GracefulStop, ValidPreds
-from convscope.callbacks.interrupt import finish_before_stopping
 from convscope.config import TrainConfig, resolve_device
 from convscope.distributed import Distributed, same_everywhere
 from convscope.errors import (
@@ -43,6 +42,7 @@ from convscope.recipes import RECIPES
 from convscope.run.data import held_out_name, load_data
 from convscope.run.learner import make_learner
 from convscope.run_folder import CHECKPOINT, CONFIG, quoted
+from convscope.signals import finish_before_stopping
 
 
 @dataclass
@@ -248,13 +248,14 @@ class _Job:
         return time.perf_counter() - start
 
     def _write(self, learn, seconds: float) -> TrainResult:
-        from convscope.run.outputs import write_outputs  # matplotlib: after training
-
         def note() -> None:
             print("convscope: training has finished; writing its outputs and report first (a "
                   "few seconds). Ctrl-C again stops at once.", file=sys.stderr, flush=True)
 
         with finish_before_stopping(note), warnings.catch_warnings():
+            # matplotlib loads after training, and a Ctrl-C must not cut its import short
+            from convscope.run.outputs import write_outputs
+
             warnings.simplefilter("ignore")  # a library's warning is not the user's to read
             result = write_outputs(learn, self.cfg, self.run_dir, held_out_name(self.cfg),
                                    seconds, self.log)
