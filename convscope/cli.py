@@ -253,7 +253,8 @@ def _image_or_digit(args: argparse.Namespace):
     if args.index >= len(data.y_train):
         raise UsageError(f"--index: MNIST has {len(data.y_train)} training digits, "
                         f"received {args.index}")
-    return data.x_train[args.index], f"MNIST training digit {args.index}"
+    label = data.classes[int(data.y_train[args.index])]
+    return data.x_train[args.index], f"MNIST training digit {args.index} (a {label})"
 
 
 def _conv_sheet(args: argparse.Namespace) -> int:

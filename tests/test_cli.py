@@ -132,7 +132,7 @@ def test_kernel_command_on_mnist_and_colour_images(tmp_path, capsys):
     assert main(["kernel", "--kernel", "left_edge", "--out", str(tmp_path / "k")]) == 0
     assert (tmp_path / "k" / "left_edge.png").stat().st_size > 0
     assert (tmp_path / "k" / "kernels.png").stat().st_size > 0
-    assert "MNIST training digit 0 (1x28x28)" in capsys.readouterr().out
+    assert "MNIST training digit 0 (a 5) (1x28x28)" in capsys.readouterr().out
     rgba = tmp_path / "c.png"
     Image.new("RGBA", (20, 12), (200, 30, 30, 128)).save(rgba)
     assert main(["kernel", str(rgba), "--out", str(tmp_path / "c")]) == 0

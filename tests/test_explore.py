@@ -81,6 +81,17 @@ def test_clicking_an_activation_outlines_its_receptive_field(page, tmp_path):
         click(call, -1, 0, 0, 0)
         seen["dependents"] = read(call, "JSON.stringify(explore.boxes)")
         seen["info"] = read(call, "document.getElementById('info').textContent")
+        seen["pixel"] = read(call, "document.getElementById('info').textContent")
+        seen["prediction"] = read(call, "document.getElementById('prediction').textContent")
+        for kind in ("keyDown", "keyUp"):  # Esc clears the selection and the panel
+            call("Input.dispatchKeyEvent", type=kind, key="Escape", code="Escape",
+                 windowsVirtualKeyCode=27)
+        seen["cleared"] = read(call, "document.getElementById('info').textContent")
+        seen["logits"] = read(call, "JSON.stringify([...document.querySelectorAll("
+                                    "'figure.logit figcaption')].map(f => f.textContent))")
+        seen["shades"] = read(call, "JSON.stringify(explore.maps.filter(m => m.layer === 4)"
+                                    ".map(m => [...m.canvas.getContext('2d')"
+                                    ".getImageData(5, 5, 1, 1).data.slice(0, 3)]))")
         return seen
 
     result = check_page(html, tmp_path / "explore.png", interact=interact)
@@ -92,6 +103,16 @@ def test_clicking_an_activation_outlines_its_receptive_field(page, tmp_path):
     boxes = json.loads(seen["dependents"])
     assert boxes["-1"] == [0, 0, 0, 0] and set(boxes) == {"-1", "0", "1", "2", "3", "4"}
     assert "reaches layer 0: rows 0-1, cols 0-1" in seen["info"]
+    assert " of 255" in seen["pixel"]  # an input pixel says its scale
+    # the prediction stays after clicks; Esc leaves no stale panel
+    assert seen["prediction"].startswith("Prediction: ") and seen["cleared"] == \
+        "Nothing selected."
+    # the last layer: ten logits, each named by its class with its value, shaded against
+    # each other (not ten black squares)
+    logits = json.loads(seen["logits"])
+    assert [c.split(":")[0] for c in logits] == [str(d) for d in range(10)]
+    shades = {tuple(rgb) for rgb in json.loads(seen["shades"])}
+    assert len(shades) > 1 and (0, 0, 0) in shades and (255, 255, 255) in shades
 
 
 def test_page_is_self_contained(page):

@@ -59,7 +59,7 @@ def open_explore(run: Path, tmp_path: Path, source: str = "a test image") -> dic
     expression = ("new Promise(done => setTimeout(() => done(JSON.stringify({"
                   "pwned: window.pwned ?? null, title: document.title,"
                   " h1: document.querySelector('h1').textContent,"
-                  " info: document.getElementById('info').textContent,"
+                  " info: document.getElementById('prediction').textContent,"
                   " classes: typeof D === 'undefined' ? null : D.classes,"
                   " scripts: document.scripts.length,"
                   " planted: document.querySelectorAll('img, svg').length,"
