@@ -116,6 +116,27 @@ def _indent(log):
     return lambda *a, **k: log("  " + " ".join(str(x) for x in a))
 
 
+def seen(o: Outcome, subset: int | None) -> str:
+    """What this run of a step saw, against what the book printed: in line, or how far off,
+    and, on a subset, that the book's effect may need more images to show."""
+    book = " / ".join(f"{a:.2%}" for a in o.step.book_accuracy)
+    if o.accuracy is None:
+        return (f"it diverged, where the book printed {book}.")
+    said = f"{o.accuracy:.2%} test accuracy, where the book printed {book}"
+    low, high = min(o.step.book_accuracy), max(o.step.book_accuracy)
+    if low - MUCH <= o.accuracy <= high + MUCH:
+        return f"{said}: in line with the book."
+    if o.accuracy > high:
+        return f"{said}: higher than the book's."
+    if subset:
+        return (f"{said}: much lower. This replay trained on {subset:,} images and the book on "
+                f"all 60,000, {60000 // subset}x as many steps per epoch: too few here for this "
+                f"step to show what the book's did. Run `convscope chapter` without --subset "
+                f"to see it.")
+    return (f"{said}: much lower than the book's, on the same 60,000 images; see this step's "
+            f"diagnosis below.")
+
+
 def render(outcomes: list[Outcome], subset: int | None) -> str:
     from convscope import plots
     from convscope.diagnosis import diagnose
@@ -144,7 +165,8 @@ def render(outcomes: list[Outcome], subset: int | None) -> str:
            table_html(rows, left=("step", "training", ""))]
     for o in outcomes:
         out += [f"<h2>{html.escape(o.step.name)}: {html.escape(o.step.what)}</h2>",
-                f"<p>{html.escape(o.step.lesson)}</p>"]
+                f"<p><b>What the book saw:</b> {html.escape(o.step.lesson)}</p>",
+                f"<p><b>What this run saw:</b> {html.escape(seen(o, subset))}</p>"]
         if o.failure is not None:
             out += [f"<p><b>This step diverged:</b> {html.escape(o.failure)}</p>"]
             continue
@@ -156,7 +178,7 @@ def render(outcomes: list[Outcome], subset: int | None) -> str:
             if s is not None and s.batches and -len(s.layer_names) <= idx < len(s.layer_names):
                 name = s.layer_names[idx]
                 out += [figs.img(lambda s=s, idx=idx, h=run.history: plots.color_dim(
-                    s, idx, recorder=h), f"{o.step.name} module {name} color_dim")]
+                    s, idx, recorder=h), f"{o.step.name} block {name} color_dim")]
         found = diagnose(stats=run.stats, history=run.history, gradients=run.gradients)
         out += ["<h3>Diagnosis</h3>", findings_html(found)]
     out.append("</body></html>")

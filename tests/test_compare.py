@@ -119,6 +119,10 @@ def test_chapter_replays_end_to_end_on_a_subset(tmp_path, capsys):
     page = (out / "chapter.html").read_text()
     assert "11.35%" in page and "99.12% / 99.21%" in page  # the book's numbers beside ours
     assert "on 1,000 training images" in page
+    # each step says what the book saw and what this run saw, and a subset too small to
+    # show a step's effect says so
+    assert page.count("What the book saw:") == page.count("What this run saw:") == 5
+    assert "This replay trained on 1,000 images and the book on all 60,000" in page
     result = check_page(out / "chapter.html", tmp_path / "chapter.png")
     assert result.console_errors == [] and result.broken_images == []
     assert len(result.images) >= 6
