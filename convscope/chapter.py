@@ -154,15 +154,17 @@ def render(outcomes: list[Outcome], subset: int | None) -> str:
                else "much higher than the book's" if o.accuracy > max(o.step.book_accuracy)
                + MUCH else "in line")
         rows.append({"step": o.step.name, "training": o.step.what, "book": book,
-                     "convscope": ours, "": gap, "time (s)": f"{o.seconds:.1f}"})
-    scope = (f"on {subset:,} training images (the book trains on all 60,000: accuracies here "
-             f"are lower)" if subset else "on all 60,000 training images, as the book does")
+                     "convscope": ours, "against the book": gap,
+                     "step time (s), start to report": f"{o.seconds:.1f}"})
+    scope = (f"on {subset:,} training images (the book trains on all 60,000, so a step's "
+             f"effect may not show here: each step says)" if subset
+             else "on all 60,000 training images, as the book does")
     out = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>convscope: "
            f"chapter 13 replayed</title><style>{CSS}</style></head><body>",
            "<h1>Chapter 13 replayed</h1>",
            f"<p>simple_cnn trained five ways {html.escape(scope)}, evaluated on MNIST's 10,000 "
            f"test images; each step is a run folder with its own report.</p>",
-           table_html(rows, left=("step", "training", ""))]
+           table_html(rows, left=("step", "training", "against the book"))]
     for o in outcomes:
         out += [f"<h2>{html.escape(o.step.name)}: {html.escape(o.step.what)}</h2>",
                 f"<p><b>What the book saw:</b> {html.escape(o.step.lesson)}</p>",

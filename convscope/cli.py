@@ -138,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir", metavar="RUN_DIR")
     _add_image(e)
     e.add_argument("--out", metavar="FILE.html", help="default: RUN_DIR/explore.html")
+    e.add_argument("--model", metavar="FILE.py:FUNCTION",
+                   help="the run's model, when it is a function of yours (it is run only "
+                   "when named here)")
     e.set_defaults(func=_explore)
 
     m = sub.add_parser("conv-matrix", help="draw a convolution as a matrix",
@@ -156,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run lr_find on the recipe's learner (simple_cnn, AdamW): "
                        "an exponential lr sweep from --start-lr to --end-lr over --num-it "
                        "batches; print the suggestions and draw lr_find.png.")
-    add_options(f, ("data", "bs", "seed", "size", "subset", "device"))
+    add_options(f, ("recipe", "data", "bs", "seed", "size", "subset", "device"))
     f.add_argument("--start-lr", type=positive_float, default=1e-7, help="default: 1e-7")
     f.add_argument("--end-lr", type=positive_float, default=10.0, help="default: 10")
     f.add_argument("--num-it", type=positive_int, default=100, help="default: 100")
@@ -285,7 +288,7 @@ def _explore(args: argparse.Namespace) -> int:
 
     img, source = _image_or_digit(args)
     out = Path(args.out) if args.out else Path(args.run_dir) / run_folder.EXPLORE
-    print(f"wrote {write_explore(args.run_dir, out, img, source)}")
+    print(f"wrote {write_explore(args.run_dir, out, img, source, args.model)}")
     return 0
 
 
@@ -328,8 +331,8 @@ def _lr_find(args: argparse.Namespace) -> int:
                         f"{args.end_lr}")
     if args.num_it < 2:
         raise UsageError(f"--num-it: expected an integer >= 2, received {args.num_it}")
-    cfg = TrainConfig(data=args.data, bs=args.bs, seed=args.seed, size=args.size,
-                      subset=args.subset, device=args.device, stats=False)
+    cfg = TrainConfig(recipe=args.recipe, data=args.data, bs=args.bs, seed=args.seed,
+                      size=args.size, subset=args.subset, device=args.device, stats=False)
     learn = make_learner(load_data(cfg), cfg, progress=False)
     found = learn.lr_find(args.start_lr, args.end_lr, args.num_it)
     out = Path(args.out)

@@ -84,6 +84,30 @@ def _learning_rate(v: float) -> bool:
 # torch seeds its generators with a 64-bit integer; Python's are larger
 MAX_SEED = 2**63 - 1
 
+# the models `--model` names (models.build_model builds them); any other is FILE.py:FUNCTION
+BUILT_IN_MODELS = {
+    "simple_cnn": "the book's final model: conv blocks of conv -> batchnorm -> ReLU, widths "
+                  "8-16-32-64 (--widths), a 5x5 first kernel (--first-ks), stride 2",
+    "book_first": "the chapter's first CNN (3s vs 7s): widths 4-8-16-32, a 3x3 first kernel, "
+                  "no batchnorm",
+}
+DEFAULT_WIDTHS = "8,16,32,64"
+
+
+def _model_spec(v: str) -> bool:
+    path, sep, name = v.rpartition(":")
+    return v in BUILT_IN_MODELS or bool(sep and path.endswith(".py") and name.isidentifier())
+
+
+def _widths(v: str) -> bool:
+    parts = v.split(",")
+    return all(p.strip().isdigit() and int(p) > 0 for p in parts)
+
+
+def parse_widths(v: str) -> tuple[int, ...]:
+    """"8,16,32,64" -> (8, 16, 32, 64)."""
+    return tuple(int(p) for p in v.split(","))
+
 
 def _from_recipe(name: str) -> str:
     """What an option the recipes set defaults to, for `--help` and the report."""
@@ -150,6 +174,19 @@ class TrainConfig:
     schedule: str = option(
         "one_cycle", flag="--schedule", kind=str, choices=("one_cycle", "constant"),
         label="schedule", help="one_cycle (fit_one_cycle) or constant (fit: the lr throughout)")
+    model: str = option(
+        "simple_cnn", flag="--model", kind=str, metavar="NAME", check=_model_spec,
+        expected="simple_cnn, book_first, or FILE.py:FUNCTION", label="model",
+        help="simple_cnn, book_first, or FILE.py:FUNCTION: a function of yours that returns an "
+             "nn.Module given the input channels and the number of classes")
+    widths: str = option(
+        DEFAULT_WIDTHS, flag="--widths", kind=str, metavar="W,W,...", check=_widths,
+        expected="whole numbers > 0 separated by commas, e.g. 8,16,32,64",
+        label="simple_cnn widths", help="simple_cnn's hidden conv widths")
+    first_ks: int = option(
+        5, flag="--first-ks", kind=int, metavar="K", check=lambda v: v >= 1 and v % 2 == 1,
+        expected="an odd integer >= 1", label="first kernel size",
+        help="simple_cnn's first kernel size")
     bn: bool = option(
         True, flag="--no-bn", label="batchnorm",
         help="simple_cnn without batchnorm (the chapter's first runs)")
@@ -187,6 +224,10 @@ class TrainConfig:
     sync_bn: bool = option(
         False, flag="--sync-bn", label="SyncBatchNorm",
         help="with --nproc: batchnorm statistics over all processes' batches (CUDA)")
+    tensorboard: bool = option(
+        False, flag="--tensorboard", label="TensorBoard event files",
+        help="also write TensorBoard event files into RUN_DIR/tensorboard (`tensorboard "
+             "--logdir runs`; needs pip install convscope[tensorboard])")
 
     def __post_init__(self) -> None:
         recipe = recipes.recipe(self.recipe)
@@ -202,6 +243,11 @@ class TrainConfig:
             refusal = cpu_fp16_refusal()
             if refusal:
                 raise UsageError(refusal)
+        if self.model != "simple_cnn" and (self.widths != DEFAULT_WIDTHS or self.first_ks != 5):
+            raise UsageError(f"--widths and --first-ks shape simple_cnn; --model {self.model} "
+                             f"has its own. Use --model simple_cnn with them")
+        if self.model == "book_first":  # the chapter's first CNN has no batchnorm
+            object.__setattr__(self, "bn", False)
         if self.bs < 2 and self.bn:
             raise UsageError(f"--bs: expected 2 or more with batchnorm (it normalises each "
                              f"batch by its own statistics, which one image does not have), "
@@ -216,7 +262,11 @@ class TrainConfig:
         from pathlib import Path
 
         data = None if self.data is None else str(Path(self.data).expanduser().resolve())
-        return dataclasses.replace(self, data=data,
+        model = self.model
+        if model not in BUILT_IN_MODELS:
+            path, _, name = model.rpartition(":")
+            model = f"{Path(path).expanduser().resolve()}:{name}"
+        return dataclasses.replace(self, data=data, model=model,
                                    out=str(Path(self.out).expanduser().resolve()))
 
 

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from convscope.errors import UsageError
-from convscope.trace import trace
+from convscope.trace import not_a_chain, trace
 
 _T = [[-1.0, -1.0, -1.0], [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]
 KERNELS: dict[str, Tensor] = {
@@ -264,9 +264,14 @@ def receptive_field(model: nn.Module, input_size: tuple[int, int]) -> list[dict]
     ...  if r["type"] == "Conv2d"]
     [('0.0', 3, 2), ('1.0', 7, 4)]
     """
+    records = trace(model, input_size)
+    reason = not_a_chain(records)
+    if reason is not None:
+        raise UsageError(f"receptive fields add up layer by layer along a chain of layers, and "
+                         f"this model is not one: {reason}")
     size, jump, start = 1, 1, 0.5
     rows = []
-    for rec in trace(model, input_size):
+    for rec in records:
         m = rec["module"]
         if hasattr(m, "kernel_size") and hasattr(m, "stride"):
             k, s, p, d = (_first(getattr(m, a, 1)) for a in

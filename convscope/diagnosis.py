@@ -137,7 +137,7 @@ def dead_layers(stats, th: Thresholds, one_cycle: bool | None = None) -> list[Fi
         if share > th.dead:
             out.append(Finding(
                 "error" if share > 0.99 else "warning", "dead_layer",
-                f"Layer {name}: {share:.0%} of activations are near zero (|x| <= "
+                f"Block {name}: {share:.0%} of activations are near zero (|x| <= "
                 f"{stats.zero_thresh:g}) over the last {n - start} recorded batches.",
                 f"Its ReLUs have died: lower the learning rate, {warm_up(one_cycle)}, or add "
                 f"batchnorm (simple_cnn(bn=True)).",
@@ -158,21 +158,21 @@ def collapse_or_explode(stats, th: Thresholds) -> list[Finding]:
         early, late = float(std[:early_end].mean()), float(std[late_start:].mean())
         late_stds.append(late)
         if not (math.isfinite(early) and math.isfinite(late)):
-            out.append(Finding("error", "explode", f"Layer {name}: activations became NaN or "
+            out.append(Finding("error", "explode", f"Block {name}: activations became NaN or "
                                f"infinite.", "Lower the learning rate; add batchnorm.",
                                layer=name, batches=_span(stats.batches, 0, n)))
             continue
         ratio = late / early if early > 0 else float("inf")
         dead = stats.ranges[i][0] >= 0 and float(stats.near_zero(i)[late_start:].mean()) > th.dead
         if ratio < th.collapse_ratio and not dead:
-            out.append(Finding("warning", "collapse", f"Layer {name}: activation std fell from "
+            out.append(Finding("warning", "collapse", f"Block {name}: activation std fell from "
                                f"{early:.3g} to {late:.3g} ({ratio:.2g}x).",
                                "Activations are collapsing toward a constant: check the "
                                "initialisation, lower the learning rate, or add batchnorm.",
                                layer=name, batches=_span(stats.batches, late_start, n),
                                value=ratio))
         elif ratio > th.explode_ratio:
-            out.append(Finding("error", "explode", f"Layer {name}: activation std grew from "
+            out.append(Finding("error", "explode", f"Block {name}: activation std grew from "
                                f"{early:.3g} to {late:.3g} ({ratio:.3g}x).",
                                "Activations are exploding: lower the learning rate, add "
                                "batchnorm or weight decay.", layer=name,
@@ -182,8 +182,8 @@ def collapse_or_explode(stats, th: Thresholds) -> list[Finding]:
         first, last = stats.layer_names[0], stats.layer_names[-1]
         if across > th.layer_ratio:
             out.append(Finding("warning", "explode_across_layers",
-                               f"Activation std grows {across:.3g}x from layer {first} to "
-                               f"layer {last}.", "Each layer amplifies the last: use "
+                               f"Activation std grows {across:.3g}x from block {first} to "
+                               f"block {last}.", "Each layer amplifies the last: use "
                                "batchnorm or a smaller initialisation.", layer=last,
                                batches=_span(stats.batches, late_start, n), value=across))
         elif 0 < across < 1 / th.layer_ratio:
@@ -211,7 +211,7 @@ def unstable_layers(stats, th: Thresholds, one_cycle: bool | None = None) -> lis
                 collapsed, cycles = False, cycles + 1
         if cycles >= th.unstable_cycles:
             out.append(Finding(
-                "warning", "unstable", f"Layer {name}: activations collapsed to near zero and "
+                "warning", "unstable", f"Block {name}: activations collapsed to near zero and "
                 f"recovered {cycles} times.", "Training is unstable (the 'bad' color_dim of the "
                 f"book): lower the learning rate, {warm_up(one_cycle)}, or add batchnorm.",
                 layer=name, batches=_span(stats.batches, first or 0, len(share)),
@@ -263,7 +263,7 @@ def loss_problems(losses: list[float], smooth: list[float], lrs: list[float],
         spikes += _spikes(losses[a:b], a, th, window) if window >= 5 else []
         out += _climb(losses[a:b], a, th)
     if not spikes and lrs and not any(f.kind == "diverged" for f in out):
-        out += loss_rise(smooth, lrs, th)  # e.g. a short run's warmup, before a spike window
+        out += loss_rise(smooth, lrs, th, one_cycle)  # e.g. a short warmup, before a window
     if spikes and lrs:
         i, ratio = max(spikes, key=lambda s: s[1])
         lr, lr_max = lrs[min(i, len(lrs) - 1)], max(lrs)
@@ -273,7 +273,8 @@ def loss_problems(losses: list[float], smooth: list[float], lrs: list[float],
             f"{th.spike:g}x its recent median (and by {th.spike_min:g} or more); the largest, "
             f"{ratio:.3g}x at batch {i}, with lr "
             f"{lr:.3g}" + (" (near the peak)." if high else "."),
-            "The learning rate is too high for this point of training: lower lr_max."
+            f"The learning rate is too high for this point of training: "
+            f"{'lower lr_max' if one_cycle is not False else 'lower it'}."
             if high else "A bad batch or a sharp region of the loss: a lower learning rate or "
             "a larger batch smooths it.", batches=(spikes[0][0], spikes[-1][0]), value=ratio))
     return out
@@ -309,7 +310,8 @@ def _climb(losses: list[float], offset: int, th: Thresholds) -> list[Finding]:
                     batches=(offset, offset + len(losses) - 1), value=last / first)]
 
 
-def loss_rise(smooth: list[float], lrs: list[float], th: Thresholds) -> list[Finding]:
+def loss_rise(smooth: list[float], lrs: list[float], th: Thresholds,
+              one_cycle: bool | None = None) -> list[Finding]:
     """The smoothed loss climbing well above its best so far while the lr is high: the sign,
     as in lr_find's plot, of a learning rate past what the model takes."""
     lr_max, best, worst = max(lrs), 0, None
@@ -326,8 +328,9 @@ def loss_rise(smooth: list[float], lrs: list[float], th: Thresholds) -> list[Fin
     return [Finding("warning", "loss_rise", f"The smoothed loss rose {ratio - 1:.0%} above its "
                     f"best so far, from {smooth[frm]:.3g} at batch {frm} to {smooth[to]:.3g} at "
                     f"batch {to}, with the learning rate at {lrs[to]:.3g}.",
-                    "The learning rate is higher than this model takes: lower lr_max (lr_find's "
-                    "valley is a good start).", batches=(frm, to), value=ratio)]
+                    f"The learning rate is higher than this model takes: "
+                    f"{'lower lr_max' if one_cycle is not False else 'lower it'} (lr_find's "
+                    f"valley is a good start).", batches=(frm, to), value=ratio)]
 
 
 def valid_gap(values: list[dict], th: Thresholds,
@@ -379,8 +382,8 @@ def too_little(history, th: Thresholds) -> list[Finding]:
         out.append(Finding(
             "error", "chance", f"The accuracy, {acc:.1%}, is at chance level for {k} classes "
             f"({1 / k:.1%}): the model learned nothing that generalises.", "Look at the loss "
-            "and the layers above; train longer, on more data, or with another learning rate "
-            "(lr_find).", value=acc))
+            "and the blocks and layers below; train longer, on more data, or with another "
+            "learning rate (lr_find).", value=acc))
     return out
 
 

@@ -26,12 +26,15 @@ from convscope.errors import UsageError
 from convscope.files import atomic_write_bytes
 
 
-def load_model(run_dir: str | Path):
-    """The run's trained simple_cnn and the metadata saved beside its weights."""
+def load_model(run_dir: str | Path, model_spec: str | None = None):
+    """The run's trained model and the metadata saved beside its weights. A built-in model is
+    rebuilt from the metadata; a model from the user's own file only when `model_spec` (their
+    command line's --model FILE.py:FUNCTION) names it, with the SHA-256 the run recorded: a
+    path in a run folder's metadata is never run on its own say-so."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from convscope.models import simple_cnn_from_metadata
+    from convscope.models import model_from_metadata, simple_cnn_from_metadata
 
     path = Path(run_dir) / run_folder.MODEL
     if not path.is_file():
@@ -43,8 +46,20 @@ def load_model(run_dir: str | Path):
         state = load_file(path)
     except Exception as e:  # safetensors' own error type for a damaged file
         raise UsageError(f"{path}: cannot be read (truncated or corrupt?): {e}") from None
+    recorded = meta.get("model", "")
     try:
-        model = simple_cnn_from_metadata(meta)
+        if recorded in ("simple_cnn", "book_first"):
+            model = simple_cnn_from_metadata(meta)
+        elif model_spec is None:
+            raise UsageError(f"the run was trained with your model {recorded!r}; explore runs "
+                             f"it only when you name it: add --model {recorded}")
+        else:
+            spec = str(Path(model_spec.rpartition(":")[0]).resolve()) + ":" + \
+                model_spec.rpartition(":")[2]
+            if spec != recorded:
+                raise UsageError(f"--model {model_spec} is not the model the run recorded "
+                                 f"({recorded!r})")
+            model = model_from_metadata(meta)  # checks the file's SHA-256
         model.load_state_dict(state)
     except UsageError as e:
         raise UsageError(f"{path}: {e}") from None
@@ -128,12 +143,21 @@ def page(layers: list[dict], image: torch.Tensor, probs: list[float], classes: l
     return re.sub("|".join(values), lambda m: values[m.group(0)], template)
 
 
-def write_explore(run_dir: str | Path, out: str | Path, image: torch.Tensor, source: str) -> Path:
-    """Run `image` (uint8 C x H x W) through the run's model and write the explorer page."""
+def write_explore(run_dir: str | Path, out: str | Path, image: torch.Tensor, source: str,
+                  model_spec: str | None = None) -> Path:
+    """Run `image` (uint8 C x H x W) through the run's model and write the explorer page.
+    The page traces receptive fields, which add up only along a chain of convolutions: a
+    model that is not one is refused, saying where it branches."""
     import torch.nn.functional as F
 
-    model, meta = load_model(run_dir)
+    from convscope.trace import not_a_chain, trace
+
+    model, meta = load_model(run_dir, model_spec)
     c, h, w = json.loads(meta["input_shape"])
+    branch = not_a_chain(trace(model, (c, h, w)))
+    if branch is not None:
+        raise UsageError(f"explore traces receptive fields through a chain of convolutions, "
+                         f"and this model is not one: {branch}")
     if image.shape[0] != c:
         image = (image.float().mean(0, keepdim=True) if c == 1
                  else image.expand(3, -1, -1).float()).round().to(torch.uint8)

@@ -7,11 +7,13 @@ image: output positions x weights per output. For a conv that is H_out * W_out *
 
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass, field
 
 from torch import nn
 
 from convscope.conv import receptive_field
+from convscope.errors import UsageError
 from convscope.trace import trace
 
 
@@ -36,6 +38,23 @@ class Summary:
 
     input_shape: tuple[int, ...]
     rows: list[dict] = field(default_factory=list)
+    # why the receptive-field column is empty (a model that is not a chain of layers)
+    no_receptive_field: str | None = None
+
+    def to_dict(self) -> dict:
+        """Plain lists and numbers (a run folder keeps it in history.json)."""
+        return {"input_shape": list(self.input_shape), "no_receptive_field":
+                self.no_receptive_field,
+                "rows": [{k: (list(v) if isinstance(v, tuple) else v) for k, v in r.items()}
+                         for r in self.rows]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Summary:
+        rows = [{**r, "output": tuple(r["output"])} for r in d["rows"]]
+        return cls(tuple(d["input_shape"]), rows, d.get("no_receptive_field"))
+
+    def _rf(self, r: dict) -> str:
+        return "-" if r["rf"] is None else f"{r['rf']}x{r['rf']} (jump {r['jump']})"
 
     @property
     def total_params(self) -> int:
@@ -52,7 +71,7 @@ class Summary:
     def __str__(self) -> str:
         head = ("layer", "type", "output", "params", "trainable", "MACs", "receptive field")
         body = [(r["layer"], r["type"], " x ".join(map(str, r["output"])), f"{r['params']:,}",
-                 r["trainable"], f"{r['macs']:,}", f"{r['rf']}x{r['rf']} (jump {r['jump']})")
+                 r["trainable"], f"{r['macs']:,}", self._rf(r))
                 for r in self.rows]
         widths = [max(len(str(x)) for x in col) for col in zip(head, *body, strict=True)]
         right = {3, 5}
@@ -67,6 +86,8 @@ class Summary:
         lines += [rule, f"total params: {self.total_params:,} "
                         f"(trainable {self.trainable_params:,})",
                   f"total MACs per image: {self.total_macs:,}"]
+        if self.no_receptive_field:
+            lines.append(f"no receptive fields: {self.no_receptive_field}")
         return "\n".join(lines)
 
     __repr__ = __str__
@@ -77,11 +98,13 @@ class Summary:
         rows = [{"layer": r["layer"], "type": r["type"],
                  "output": " x ".join(map(str, r["output"])), "params": f"{r['params']:,}",
                  "trainable": r["trainable"], "MACs": f"{r['macs']:,}",
-                 "receptive field": f"{r['rf']}x{r['rf']} (jump {r['jump']})"} for r in self.rows]
+                 "receptive field": self._rf(r)} for r in self.rows]
         return (f"<p>input: {' x '.join(map(str, self.input_shape))}</p>"
                 + table_html(rows, left=("layer", "type", "output", "trainable"))
                 + f"<p>total params: {self.total_params:,} (trainable "
-                f"{self.trainable_params:,}); total MACs per image: {self.total_macs:,}</p>")
+                f"{self.trainable_params:,}); total MACs per image: {self.total_macs:,}</p>"
+                + (f"<p>No receptive fields: {html.escape(self.no_receptive_field)}</p>"
+                   if self.no_receptive_field else ""))
 
 
 def summary(model: nn.Module, input_shape: tuple[int, ...]) -> Summary:
@@ -94,8 +117,11 @@ def summary(model: nn.Module, input_shape: tuple[int, ...]) -> Summary:
     """
 
     records = trace(model, input_shape)
-    fields = {r["layer"]: r for r in receptive_field(model, input_shape)}
     out = Summary(tuple(input_shape))
+    try:
+        fields = {r["layer"]: r for r in receptive_field(model, input_shape)}
+    except UsageError as e:  # not a chain of layers: the other columns still hold
+        fields, out.no_receptive_field = {}, str(e)
     for rec in records:
         m = rec["module"]
         params = list(m.parameters(recurse=False))
@@ -103,7 +129,7 @@ def summary(model: nn.Module, input_shape: tuple[int, ...]) -> Summary:
         n_train = sum(p.numel() for p in params if p.requires_grad)
         trainable = "-" if not params else ("yes" if n_train == n else
                                             "no" if n_train == 0 else "partly")
-        rf = fields[rec["name"]]
+        rf = fields.get(rec["name"], {"size": None, "jump": None})
         out.rows.append({"layer": rec["name"], "type": type(m).__name__,
                          "output": rec["out_shape"], "params": n, "trainable_params": n_train,
                          "trainable": trainable,

@@ -82,13 +82,97 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
+def build_model(spec: str, in_channels: int, n_classes: int,
+                widths: Sequence[int] = (8, 16, 32, 64), first_ks: int = 5,
+                bn: bool = True) -> nn.Module:
+    """The model `--model` names: simple_cnn (with these widths, first kernel and batchnorm),
+    book_first (the chapter's first CNN: widths 4-8-16-32, 3x3, no batchnorm), or
+    FILE.py:FUNCTION, the user's function called as FUNCTION(in_channels, n_classes)."""
+    if spec == "simple_cnn":
+        return simple_cnn(in_channels, n_classes, widths=widths, first_ks=first_ks, bn=bn)
+    if spec == "book_first":
+        return simple_cnn(in_channels, n_classes, widths=(4, 8, 16, 32), first_ks=3, bn=False)
+    fn, _ = user_function(spec)
+    try:
+        model = fn(in_channels, n_classes)
+    except Exception as e:  # the user's code: its failure is theirs to read, in one line
+        raise UsageError(f"--model {spec}: calling it with in_channels={in_channels}, "
+                         f"n_classes={n_classes} failed: {type(e).__name__}: {e}") from None
+    if not isinstance(model, nn.Module):
+        raise UsageError(f"--model {spec}: expected the function to return an nn.Module, "
+                         f"received {type(model).__name__}")
+    return model
+
+
+def file_sha256(spec: str) -> str | None:
+    """The SHA-256 of the file a FILE.py:FUNCTION model comes from (None for a built-in)."""
+    import hashlib
+    from pathlib import Path
+
+    path, sep, _ = spec.rpartition(":")
+    if not sep or not path.endswith(".py"):
+        return None
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError as e:
+        raise UsageError(f"--model: cannot read {path!r}: {e.strerror or e}") from None
+
+
+def user_function(spec: str):
+    """(the function FILE.py:FUNCTION names, its file's SHA-256). Importing the file runs it:
+    it is the user's own code, named on their command line."""
+    import importlib.util
+    from pathlib import Path
+
+    path, sep, name = spec.rpartition(":")
+    if not sep or not path.endswith(".py"):
+        raise UsageError(f"--model: expected simple_cnn, book_first or FILE.py:FUNCTION, "
+                         f"received {spec!r}")
+    digest = file_sha256(spec)
+    module_spec = importlib.util.spec_from_file_location(f"convscope_model_{digest[:16]}",
+                                                         Path(path))
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as e:
+        raise UsageError(f"--model: importing {path!r} failed: {type(e).__name__}: {e}") from None
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise UsageError(f"--model: {path!r} has no function {name!r}")
+    return fn, digest
+
+
+def model_from_metadata(meta: dict[str, str]) -> nn.Module:
+    """The untrained model a run's weights' metadata describes (`model.safetensors`: model,
+    in_channels, n_classes; for simple_cnn and book_first widths, first_ks and bn as JSON; for
+    a user's FILE.py:FUNCTION the file's SHA-256, checked); a UsageError says what does not
+    fit."""
+    spec = meta.get("model", "")
+    if spec in ("simple_cnn", "book_first"):
+        return simple_cnn_from_metadata(meta)
+    if not spec:
+        raise UsageError("no model is named in the metadata")
+    saved = meta.get("model_sha256")
+    now = file_sha256(spec)
+    if now is None:
+        raise UsageError(f"a model convscope cannot rebuild ({spec!r}); expected simple_cnn, "
+                         f"book_first or FILE.py:FUNCTION")
+    if saved != now:
+        raise UsageError(f"{spec.rpartition(':')[0]} changed since the run was trained (its "
+                         f"SHA-256 is not the one recorded)")
+    try:
+        return build_model(spec, int(meta["in_channels"]), int(meta["n_classes"]))
+    except (KeyError, ValueError) as e:
+        raise UsageError(f"its metadata lacks the input channels or classes ({e})") from None
+
+
 def simple_cnn_from_metadata(meta: dict[str, str]) -> SimpleCNN:
     """The untrained simple_cnn a run's weights' metadata describes (`model.safetensors`:
     in_channels, n_classes, and widths, first_ks and bn as JSON); a UsageError says what in
     the metadata does not describe one."""
     import json
 
-    if meta.get("model") != "simple_cnn":
+    if meta.get("model") not in ("simple_cnn", "book_first"):
         raise UsageError(f"a model convscope cannot rebuild ({meta.get('model')!r}); expected "
                          f"'simple_cnn'")
     try:

@@ -60,7 +60,11 @@ def _batch_span(batches: Sequence[int]) -> tuple[float, float]:
     if not batches:
         return 0, 1
     first, last = batches[0], batches[-1]
-    return (first - 0.5, first + 0.5) if last <= first else (first, last)
+    if last <= first:
+        return first - 0.5, first + 0.5
+    # each column stands for the batches up to the next record: the last one's too, so the
+    # image reaches the end of training instead of stopping a recording interval short
+    return first, last + (batches[-1] - batches[-2])
 
 
 def save_figure(fig: Figure, path: str | Path | None, dpi: int = 100) -> Figure:
@@ -296,7 +300,8 @@ def plot_lr_find(lrs: Sequence[float], losses: Sequence[float], suggestions=None
     if suggestions is not None:
         for (name, lr), colour in zip(vars(suggestions).items(), ("C1", "C2", "C3"),
                                       strict=True):
-            ax.axvline(lr, color=colour, linestyle="--", label=f"{name}: {lr:.2g}")
+            if lr is not None:  # no minimum when the loss never turned up
+                ax.axvline(lr, color=colour, linestyle="--", label=f"{name}: {lr:.2g}")
         ax.legend()
     fig.tight_layout()
     return save_figure(fig, save)
@@ -373,7 +378,8 @@ def compare_curves(histories: Sequence, names: Sequence[str],
     for k, (h, name) in enumerate(zip(histories, names, strict=True)):
         colour, dash = f"C{k % 10}", dashes[k % len(dashes)]
         x = in_epochs(h)
-        loss_ax.plot(x, h.smooth_losses[:len(x)], dash, color=colour, label=name)
+        dot = "o" if len(x) < 3 else None  # a run of a batch or two: points, not a line
+        loss_ax.plot(x, h.smooth_losses[:len(x)], dash, color=colour, label=name, marker=dot)
         if h.values:
             ends = [e + 1 for e in range(len(h.values))]
             loss_ax.plot(ends, [v["valid_loss"] for v in h.values], "o", color=colour,
@@ -383,7 +389,7 @@ def compare_curves(histories: Sequence, names: Sequence[str],
             acc_ax.plot(ends, acc, "o" + dash, color=colour, label=name)
         for ax, hp in ((lr_ax, "lr"), (mom_ax, "mom")):
             ax.plot(x, [g[0] for g in h.hps.get(hp, [])][:len(x)], dash, color=colour,
-                    label=name)
+                    label=name, marker=dot)
     loss_ax.set_yscale("log")
     if accs:  # the data's range with room, within 0-100: one epoch's point is not a range
         lo, hi = min(accs), max(accs)

@@ -58,6 +58,10 @@ RECIPES = {r.name: r for r in (
 DEFAULT = "book"
 # the options a recipe sets; every other option has one default of its own
 GOVERNED = ("epochs", "lr", "bs", "hard", "tta")
+# what every recipe assumes of the options it does not set: a run that changes one of these
+# is not the recipe as named any more, and says so
+ASSUMED = {"schedule": "one_cycle", "bn": True, "model": "simple_cnn", "widths": "8,16,32,64",
+           "first_ks": 5, "augment": False, "precision": "fp32"}
 
 
 def recipe(name: str) -> Recipe:
@@ -76,9 +80,7 @@ def book_line(settings: dict) -> str:
     name = settings.get("recipe", DEFAULT)
     book = RECIPES[name].book_accuracy if name in RECIPES else ()
     as_named = (settings.get("data") is None and settings.get("subset") is None
-                and settings.get("valid_pct") is None and settings.get("bn", True)
-                and settings.get("schedule", "one_cycle") == "one_cycle"
-                and not overridden(settings))
+                and settings.get("valid_pct") is None and not overridden(settings))
     if not book or not as_named:
         return ""
     shown = " and ".join(f"{a:.2%}" for a in book)
@@ -86,8 +88,10 @@ def book_line(settings: dict) -> str:
 
 
 def overridden(settings: dict) -> dict[str, object]:
-    """The governed settings whose value is not the named recipe's: {name: recipe's value}."""
+    """The settings whose value is not what the named recipe has or assumes:
+    {name: the recipe's value}."""
     base = RECIPES.get(settings.get("recipe", DEFAULT))
     if base is None:
         return {}
-    return {k: v for k, v in base.settings.items() if k in settings and settings[k] != v}
+    expected = {**ASSUMED, **base.settings}
+    return {k: v for k, v in expected.items() if k in settings and settings[k] != v}

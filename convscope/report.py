@@ -73,26 +73,27 @@ def _img(src: str, alt: str) -> str:
     return f'<img src="{src}" alt="{html.escape(alt)}">'
 
 
-def run_summary_model(meta: dict):
-    """The model a run's weights' metadata describes, rebuilt untrained; None when it
-    cannot be (another model, damaged metadata)."""
+def _summary(run: Run):
+    """The model summary the run recorded (history.json), or None for a run without one."""
+    from convscope.model_summary import Summary
+
+    recorded = run.history.meta.get("summary")
+    if isinstance(recorded, dict):
+        try:
+            return Summary.from_dict(recorded)
+        except (KeyError, TypeError, ValueError):
+            return None
+    # a run written before summaries were recorded: a built-in model is rebuilt from its
+    # metadata (a user's model never is: that would run their file again)
     from convscope.errors import UsageError
+    from convscope.model_summary import summary
     from convscope.models import simple_cnn_from_metadata
 
     try:
-        return simple_cnn_from_metadata(meta)
-    except UsageError:
+        model = simple_cnn_from_metadata(run.model_meta)
+        return summary(model, tuple(json.loads(run.model_meta["input_shape"])))
+    except (UsageError, KeyError, ValueError):
         return None
-
-
-def _summary(run: Run):
-    """The model summary, rebuilt from the weights' metadata."""
-    model = run_summary_model(run.model_meta)
-    if model is None:
-        return None
-    from convscope.model_summary import summary
-
-    return summary(model, tuple(json.loads(run.model_meta["input_shape"])))
 
 
 def _settings(run: Run) -> list[dict]:
@@ -104,6 +105,8 @@ def _settings(run: Run) -> list[dict]:
         label, value = describe(k, v)
         if k in changed:
             value = f"{value} (the recipe's: {describe(k, changed[k])[1]})"
+        if k == "tta" and v and run.result.tta and not run.result.augmented:
+            value += " (asked for, and skipped: see the result above)"
         rows.append({"setting": label, "value": value})
     meta, hist = run.model_meta, run.history.meta
     if meta.get("model"):
@@ -142,7 +145,11 @@ def _classes(meta: dict) -> list[str]:
 
 def _model_words(meta: dict) -> str:
     """The model as its weights' metadata records it."""
-    if run_summary_model(meta) is None:
+    if meta.get("model") not in ("simple_cnn", "book_first"):
+        digest = meta.get("model_sha256", "")
+        return (f"{meta.get('model', '?')}: your function"
+                + (f" (file SHA-256 {digest[:12]}...)" if digest else ""))
+    if "widths" not in meta:
         return meta.get("model", "?")
     block = ("conv -> batchnorm -> ReLU" if json.loads(meta.get("bn", "true"))
              else "conv -> ReLU (no batchnorm)")
@@ -215,7 +222,7 @@ def _curves(run: Run, figs: Figures) -> list[str]:
            "<p>Faint vertical lines: epoch ends. Dashed red: where the training set changed "
            "(a callback made the epochs from there draw other images).</p>" if h.marks else "",
            _img(_file_png(loss), "loss") if loss.is_file()
-           else figs.img(lambda: plots.plot_loss(h), "loss"),
+           else figs.img(lambda: plots.plot_loss(h, skip_start=0), "loss"),
            _img(_file_png(sched), "schedule") if sched.is_file()
            else figs.img(lambda: plots.plot_sched(h), "schedule")]
     lr_find = run.path / run_folder.LR_FIND

@@ -35,6 +35,8 @@ SCHED_PNG = "sched.png"
 REPORT = "report.html"
 EXPLORE = "explore.html"
 LR_FIND = "lr_find.png"  # `convscope lr-find --out RUN_DIR/lr_find.png`: shown in the report
+TENSORBOARD = "tensorboard"  # a folder of event files, with --tensorboard
+MODEL_SHA256 = "model_sha256"  # in config.json, for a model from the user's FILE.py
 # what a finished run adds, in the order it writes them (report.html last)
 OUTPUTS = (METRICS, MODEL, HISTORY, ACTIVATION_STATS, GRADIENT_STATS, INTERPRETATION,
            SHOW_BATCH, LOSS_PNG, SCHED_PNG, REPORT)
@@ -123,6 +125,14 @@ def prepare(folder: str | Path, overwrite: bool = False, flag: str = "--out") ->
     if held:
         for name in held:
             (folder / name).unlink(missing_ok=True)
+        events = folder / TENSORBOARD
+        if events.is_dir():  # the event files of the run being replaced, and only those
+            for f in events.glob("events.out.tfevents.*"):
+                f.unlink()
+            try:
+                events.rmdir()
+            except OSError:  # something of the user's is in there too: it stays
+                pass
         for stale in folder.glob(".*.tmp"):  # temp files of writes a kill cut short
             if any(stale.name.startswith(f".{n}.") for n in RUN_FILES):
                 stale.unlink(missing_ok=True)
@@ -206,11 +216,28 @@ def load_config(run_dir: str | Path, **overrides):
                          f"written by `convscope train`")
     try:
         saved = with_absent(json.loads(path.read_text()))
-        return TrainConfig(**{**saved, **overrides, "out": str(run_dir)})
+        digest = saved.pop(MODEL_SHA256, None)
+        cfg = TrainConfig(**{**saved, **overrides, "out": str(run_dir)})
+        check_model_file(cfg.model, digest)
+        return cfg
     except UsageError as e:
         raise UsageError(f"{path}: {e}") from None
     except (ValueError, TypeError, OSError) as e:
         raise UsageError(f"{path}: not a valid run configuration: {e}") from None
+
+
+def check_model_file(spec: str, digest: str | None) -> None:
+    """Refuse to resume a run whose model comes from a file that changed since it trained:
+    the checkpoint's weights were made by the function as it was."""
+    from convscope.models import file_sha256
+
+    now = file_sha256(spec) if spec.rpartition(":")[0].endswith(".py") and Path(
+        spec.rpartition(":")[0]).is_file() else None
+    if digest is not None and now != digest:
+        path = spec.rpartition(":")[0]
+        what = "is gone" if now is None else "changed since the run was trained"
+        raise UsageError(f"--resume: the model file {path!r} {what} (its SHA-256 is not "
+                         f"the one config.json records); restore it, or start a new run")
 
 
 def checkpoint_position(run_dir: str | Path) -> dict | None:

@@ -25,7 +25,9 @@ def trace(model: nn.Module, input_size: tuple[int, ...]) -> list[dict]:
     def hook(module: nn.Module, inputs, output) -> None:
         out = output[0] if isinstance(output, tuple) else output
         records.append({"name": names[module], "module": module,
-                        "in_shape": tuple(inputs[0].shape[1:]), "out_shape": tuple(out.shape[1:])})
+                        "in_shape": tuple(inputs[0].shape[1:]), "out_shape": tuple(out.shape[1:]),
+                        # which tensors: a chain's layer reads what the one before it wrote
+                        "in_id": id(inputs[0]), "out_id": id(out), "held": (inputs[0], out)})
 
     leaves = [m for m in model.modules() if not list(m.children())]
     modes = {m: m.training for m in model.modules()}
@@ -42,3 +44,15 @@ def trace(model: nn.Module, input_size: tuple[int, ...]) -> list[dict]:
         for m, mode in modes.items():
             m.training = mode
     return records
+
+
+def not_a_chain(records: list[dict]) -> str | None:
+    """Why the traced layers are not one chain (each reading exactly what the layer before it
+    wrote), or None when they are: receptive fields add up layer by layer only along a chain,
+    and a residual block's sum or a branch reads other tensors too."""
+    for before, rec in zip(records, records[1:], strict=False):
+        if rec["in_id"] != before["out_id"]:
+            return (f"layer {rec['name']} ({type(rec['module']).__name__}) reads a tensor that "
+                    f"layer {before['name']} did not write (a skip connection, a sum, or work "
+                    f"done outside a layer)")
+    return None

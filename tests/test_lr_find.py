@@ -95,13 +95,16 @@ def test_lr_find_command(tmp_path, capsys):
 def test_a_sweep_that_never_turns_up_or_is_too_short_suggests_nothing():
     """A loss still falling at the sweep's end has no minimum to read: the suggestion would be
     an end of the range; a sweep of 30 steps is too short to trust."""
-    from convscope.callbacks.lr_find import why_unreliable
+    from convscope.callbacks.lr_find import LRFindResult, never_turned_up, suggest_lrs
 
     lrs = [10 ** (-7 + 8 * i / 99) for i in range(100)]
     falling = [2.0 - i / 100 for i in range(100)]
-    reason = why_unreliable(lrs, falling)
-    assert reason.startswith("the loss was still falling at the sweep's end (lr 10)")
-    assert "--end-lr" in reason
+    warning = never_turned_up(lrs, falling)
+    assert warning.startswith("the loss was still falling at the sweep's end (lr 10)")
+    assert "--end-lr" in warning
+    found = LRFindResult(lrs, falling, suggest_lrs(lrs, falling), None, warning)
+    assert found.minimum is None and found.valley is not None  # no end of the range offered
+    assert "no minimum (the loss was still falling" in found.describe()
     short = learner().lr_find(num_it=30)
     assert not short.reliable and "a sweep of 30 steps is too short to trust" in short.reason
     assert "no reliable suggestion" in short.describe()

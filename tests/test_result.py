@@ -52,12 +52,13 @@ def test_with_augmentation_every_place_shows_the_same_result_and_the_plain_besid
     meta = json.loads((run_dir / "history.json").read_text())["meta"]
     assert meta["tta"]["accuracy"] == pytest.approx(result.accuracy)
     said = next(x for x in lines if x.startswith("test accuracy"))
-    shown = f"test accuracy {result.accuracy:.2%} after 2 epochs, with test-time augmentation"
-    assert said.startswith(shown)
+    shown = f"test accuracy {result.accuracy:.2%} after 2 epochs"
+    assert said.startswith(shown + " (") and "s of training), with test-time augmentation" \
+        in said
     assert f"{plain:.2%} plain" in said or f"LOWERED it from {plain:.2%} plain" in said
     looked = meta["tta"]["looked_at"]
     assert 0 < looked <= 60 and f"the {looked:,} images with top probability under 0.9" in said
-    assert headline(run_dir).startswith(shown)
+    assert headline(run_dir).startswith(shown + ", with test-time augmentation")
     loaded = load_run(run_dir).result
     assert loaded.accuracy == pytest.approx(result.accuracy) and loaded.plain == plain
     row = final_metrics([load_run(run_dir), load_run(runs["plain"][0])], ["a", "b"])[0]
@@ -86,6 +87,8 @@ def test_augmentation_is_skipped_with_a_line_when_the_model_is_unsure_of_most_im
     assert "accuracy_tta" not in rows[-1]
     assert float(rows[-1]["accuracy"]) == pytest.approx(result.accuracy)
     assert "skipped" in headline(run_dir)
+    page = (run_dir / "report.html").read_text()
+    assert "(asked for, and skipped: see the result above)" in page
 
 
 def test_a_result_that_augmentation_lowered_says_so():

@@ -12,11 +12,12 @@ from convscope.callbacks.mixed_precision import MixedPrecision
 from convscope.callbacks.progress import ProgressCallback
 from convscope.callbacks.recorder import History, Recorder
 from convscope.callbacks.schedule import ParamScheduler, one_cycle, one_cycle_scheduler
+from convscope.callbacks.tensorboard import TensorBoardCallback
 from convscope.callbacks.valid_preds import ValidPreds
 
 __all__ = [
     "ActivationStats", "BatchAugment", "ChannelsLast", "CheckpointCallback", "DivergenceGuard",
     "GracefulStop", "GradientStats", "HardExamples", "History", "MixedPrecision", "ParamScheduler",
-    "ProgressCallback", "Recorder",
+    "ProgressCallback", "Recorder", "TensorBoardCallback",
     "TrainingDivergedError", "ValidPreds", "one_cycle", "one_cycle_scheduler",
 ]

@@ -69,12 +69,13 @@ class SuggestedLRs:
 
     valley: two thirds of the way (in steps) down the descent, from the last highest loss
         before the minimum to the minimum; steep: where the loss falls fastest; minimum: a
-        tenth of the lr at the lowest loss (the minimum itself is already too high).
+        tenth of the lr at the lowest loss (the minimum itself is already too high), None
+        when the loss was still falling at the sweep's end (then it has no minimum yet).
     """
 
     valley: float
     steep: float
-    minimum: float
+    minimum: float | None
 
 
 def suggest_lrs(lrs: list[float], losses: list[float]) -> SuggestedLRs:
@@ -94,7 +95,8 @@ def suggest_lrs(lrs: list[float], losses: list[float]) -> SuggestedLRs:
     slopes = [(losses[i + 1] - losses[i]) / (logs[i + 1] - logs[i]) for i in range(n - 1)]
     skip = max(1, n // 20) if n > 10 else 0  # the first smoothed values are mostly noise
     steep = lrs[min(range(skip, n - 1), key=slopes.__getitem__)]
-    minimum = lrs[min(range(n), key=losses.__getitem__)] / 10
+    low = min(range(n), key=losses.__getitem__)
+    minimum = lrs[low] / 10 if low < n - 1 else None  # the end of the sweep is no minimum
     return SuggestedLRs(valley=valley, steep=steep, minimum=minimum)
 
 
@@ -107,6 +109,17 @@ MIN_DROP, EARLY = 0.1, 1 / 3
 # Fewer steps than this: the debiased smoothing (beta 0.98) spans most of the sweep, and the
 # steepest point lands in its first, noisy steps (a 30-step sweep suggested 1.9e-07).
 MIN_STEPS = 50
+
+
+def never_turned_up(lrs: list[float], losses: list[float]) -> str | None:
+    """What to know when the loss was still at its lowest at the sweep's last step: the
+    valley and the steepest point stand, the minimum does not exist yet."""
+    finite = [(lr, v) for lr, v in zip(lrs, losses, strict=True) if math.isfinite(v)]
+    if not finite or min(range(len(finite)), key=lambda i: finite[i][1]) != len(finite) - 1:
+        return None
+    return (f"the loss was still falling at the sweep's end (lr {finite[-1][0]:.2g}): it never "
+            f"turned up, so there is no minimum to suggest; sweep further (a larger end_lr, "
+            f"--end-lr) to see where it does")
 
 
 def why_unreliable(lrs: list[float], losses: list[float]) -> str | None:
@@ -131,10 +144,6 @@ def why_unreliable(lrs: list[float], losses: list[float]) -> str | None:
                 f"{values[low]:.3g}), so there is no descent to read a learning rate from: the "
                 f"model is probably trained already (run lr_find before training) or start_lr "
                 f"is already too high")
-    if low == len(values) - 1:
-        return (f"the loss was still falling at the sweep's end (lr {finite[low][0]:.2g}): it "
-                f"never turned up, so there is no minimum to read and the steepest point may "
-                f"lie beyond; sweep further (a larger end_lr, --end-lr)")
     if low < EARLY * len(values):
         return (f"the loss was lowest early in the sweep (lr {finite[low][0]:.2g}, step "
                 f"{low + 1} of {len(values)}) and only rose after, so its fall is batch noise "
@@ -154,6 +163,7 @@ class LRFindResult:
     losses: list[float] = field(repr=False)
     suggestions: SuggestedLRs | None
     reason: str | None = None
+    warning: str | None = None  # what to know of suggestions that stand (see never_turned_up)
 
     @property
     def reliable(self) -> bool:
@@ -178,8 +188,9 @@ class LRFindResult:
         if self.suggestions is None:
             return f"{sweep}; no reliable suggestion: {self.reason}"
         s = self.suggestions
-        return (f"{sweep}; suggestions: valley {s.valley:.2g}, steep {s.steep:.2g}, minimum "
-                f"{s.minimum:.2g}")
+        minimum = f"minimum {s.minimum:.2g}" if s.minimum is not None else "no minimum"
+        return (f"{sweep}; suggestions: valley {s.valley:.2g}, steep {s.steep:.2g}, {minimum}"
+                + (f" ({self.warning})" if self.warning else ""))
 
     def __repr__(self) -> str:
         return f"LRFindResult: {self.describe()}"
@@ -245,4 +256,5 @@ def lr_find(learn, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 1
                   f"barely settled before the rate has moved on; sweep {MIN_STEPS} steps or "
                   f"more (num_it, --num-it)")
     suggestions = suggest_lrs(finder.lrs, finder.losses) if reason is None else None
-    return LRFindResult(finder.lrs, finder.losses, suggestions, reason)
+    warning = never_turned_up(finder.lrs, finder.losses) if suggestions is not None else None
+    return LRFindResult(finder.lrs, finder.losses, suggestions, reason, warning)

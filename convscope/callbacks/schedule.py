@@ -54,7 +54,10 @@ def one_cycle(start: float, middle: float, end: float, pct_start: float) -> Sche
         peak = pct_start * total - 1
         if step <= peak:
             return cos_anneal(start, middle, step / peak if peak > 0 else 1.0)
-        return cos_anneal(middle, end, (step - peak) / (total - 1 - peak))
+        # a fit too short for a warm-up step starts its annealing at the middle (a one-step
+        # fit trains at the peak, not at the end value)
+        top = max(peak, 0.0)
+        return cos_anneal(middle, end, min((step - top) / max(total - 1 - top, 1.0), 1.0))
 
     return schedule
 

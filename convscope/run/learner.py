@@ -12,10 +12,10 @@ from convscope.callbacks import (
     HardExamples,
     MixedPrecision,
 )
-from convscope.config import TrainConfig, resolve_device
+from convscope.config import TrainConfig, parse_widths, resolve_device
 from convscope.data import DataLoaders, ImageData
 from convscope.learner import Learner
-from convscope.models import simple_cnn
+from convscope.models import build_model
 
 # The statistics callbacks record one training batch per this many images (every batch from
 # batch size 512 up): their cost is per recorded batch, so recording every small batch would
@@ -30,11 +30,12 @@ def stats_every(bs: int) -> int:
 
 def make_learner(data: ImageData, cfg: TrainConfig, progress: bool = True,
                  stats: bool | None = None) -> Learner:
-    """simple_cnn with batchnorm (unless cfg.bn is off), AdamW, and the callbacks the config's
+    """The model cfg.model names (simple_cnn by default), AdamW, and the callbacks the config's
     options name; `stats` overrides cfg.stats (processes other than the first record none)."""
     dls = DataLoaders.from_data(data, bs=cfg.bs, seed=cfg.seed, device=resolve_device(cfg.device))
     torch.manual_seed(cfg.seed)
-    model = simple_cnn(in_channels=dls.in_channels, n_classes=dls.c, bn=cfg.bn)
+    model = build_model(cfg.model, dls.in_channels, dls.c, widths=parse_widths(cfg.widths),
+                        first_ks=cfg.first_ks, bn=cfg.bn)
     cbs = [ChannelsLast()] if cfg.channels_last else []
     if cfg.hard < 1:
         cbs.append(HardExamples(cfg.hard))

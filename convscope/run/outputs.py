@@ -92,6 +92,28 @@ def save_weights(model: torch.nn.Module, path: Path, metadata: dict[str, str]) -
     atomic_write_bytes(path, save(tensors, metadata=metadata))
 
 
+def weights_metadata(learn: Learner, cfg: TrainConfig) -> dict[str, str]:
+    """What model.safetensors records beside the weights, to rebuild the model and feed it
+    as training did: the model (and simple_cnn's arguments, or the SHA-256 of the user's
+    file), the classes, the input shape and the normalisation."""
+    from convscope.models import file_sha256
+
+    spec = cfg.resolved().model
+    mean, std = learn.dls.stats
+    meta = {"model": spec, "in_channels": str(learn.dls.in_channels),
+            "n_classes": str(learn.dls.c), "classes": json.dumps(learn.dls.classes),
+            "input_shape": json.dumps(list(learn.dls.train.x.shape[1:])),
+            "mean": json.dumps(mean.tolist()), "std": json.dumps(std.tolist())}
+    args = getattr(learn.model, "arguments", None)
+    if args:  # simple_cnn's own
+        meta.update(bn=json.dumps(args["bn"]), widths=json.dumps(args["widths"]),
+                    first_ks=json.dumps(args["first_ks"]))
+    digest = file_sha256(spec)
+    if digest is not None:
+        meta["model_sha256"] = digest
+    return meta
+
+
 def write_outputs(learn: Learner, cfg: TrainConfig, run_dir: Path, held_out: str,
                   seconds: float, log) -> Result:
     """Everything a finished run writes besides its checkpoint, report.html last; logs the
@@ -99,16 +121,10 @@ def write_outputs(learn: Learner, cfg: TrainConfig, run_dir: Path, held_out: str
     result, probs, targs = evaluate(learn, cfg, held_out)
     values = learn.recorder.values
     write_metrics_csv(run_dir / run_folder.METRICS, values, result)
-    mean, std = learn.dls.stats
-    args = getattr(learn.model, "arguments", {})
-    save_weights(learn.model, run_dir / run_folder.MODEL,
-                 {"model": "simple_cnn", "bn": json.dumps(args.get("bn", cfg.bn)),
-                  "widths": json.dumps(args.get("widths")),
-                  "first_ks": json.dumps(args.get("first_ks")),
-                  "in_channels": str(learn.dls.in_channels),
-                  "n_classes": str(learn.dls.c), "classes": json.dumps(learn.dls.classes),
-                  "input_shape": json.dumps(list(learn.dls.train.x.shape[1:])),
-                  "mean": json.dumps(mean.tolist()), "std": json.dumps(std.tolist())})
+    save_weights(learn.model, run_dir / run_folder.MODEL, weights_metadata(learn, cfg))
+    # the model as trained, described once here, where its code runs: the report reads this
+    # and never rebuilds a model (a user's own model would mean running their file again)
+    learn.recorder.meta["summary"] = learn.summary().to_dict()
     learn.recorder.history().save(run_dir / run_folder.HISTORY)
     for name, file in (("activation_stats", run_folder.ACTIVATION_STATS),
                        ("gradient_stats", run_folder.GRADIENT_STATS)):
@@ -122,10 +138,11 @@ def write_outputs(learn: Learner, cfg: TrainConfig, run_dir: Path, held_out: str
     learn.dls.show_batch(save=run_dir / run_folder.SHOW_BATCH,
                          tfm=augment.apply if augment is not None else None)
     if values:
-        plots.plot_loss(learn.recorder, save=run_dir / run_folder.LOSS_PNG)
+        # every batch: a short run has few, and the diagnosis may cite the first ones
+        plots.plot_loss(learn.recorder, skip_start=0, save=run_dir / run_folder.LOSS_PNG)
         plots.plot_sched(learn.recorder, save=run_dir / run_folder.SCHED_PNG)
     book = book_line(asdict(cfg))
-    log(f"{result.line(len(values))} ({seconds:.1f}s of training)"
+    log(result.line(len(values), seconds)
         + (f"; {book}" if book and math.isfinite(result.accuracy) else ""))
     for finding in diagnose(learn):
         log(f"diagnosis: {finding}")

@@ -37,6 +37,7 @@ from convscope.errors import (
     WriteFailed,
 )
 from convscope.files import atomic_write_bytes
+from convscope.models import file_sha256
 from convscope.precision import describe
 from convscope.recipes import RECIPES
 from convscope.run.data import held_out_name, load_data
@@ -186,8 +187,11 @@ class _Job:
             check_batches(len(data.y_train), cfg.bs, self.info.world_size)
         pos = self._position()
         if self.main and (not self.resume or not (self.run_dir / CONFIG).is_file()):
-            atomic_write_bytes(self.run_dir / CONFIG,
-                               json.dumps(asdict(cfg.resolved()), indent=2).encode())
+            record = asdict(cfg.resolved())
+            digest = file_sha256(record["model"])
+            if digest is not None:  # so --resume can refuse a model file that changed since
+                record[run_folder.MODEL_SHA256] = digest
+            atomic_write_bytes(self.run_dir / CONFIG, json.dumps(record, indent=2).encode())
         seconds = self._fit(learn, pos)
         self.phase = "writing the outputs"
         if not self.main:
@@ -205,6 +209,10 @@ class _Job:
             learn.add_cb(CheckpointCallback(self.checkpoint,
                                             every_batches=self.cfg.checkpoint_every))
             learn.add_cb(ValidPreds())
+            if self.cfg.tensorboard:  # one writer, the first process's: one set of curves
+                from convscope.callbacks.tensorboard import TensorBoardCallback
+
+                learn.add_cb(TensorBoardCallback(self.run_dir / run_folder.TENSORBOARD))
         if self.info is None:  # several processes would stop at different batches
             learn.add_cb(GracefulStop())
         return learn
@@ -297,7 +305,7 @@ _WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EP
 
 def _overrides(cfg: TrainConfig) -> str:
     """', with lr 0.05 (the recipe's: 0.1)' for each recipe setting the config changed."""
-    from convscope.recipes import GOVERNED, overridden
+    from convscope.recipes import overridden
 
-    changed = overridden({"recipe": cfg.recipe, **{k: getattr(cfg, k) for k in GOVERNED}})
+    changed = overridden(asdict(cfg))
     return "".join(f"; {k} {getattr(cfg, k)} (the recipe's: {v})" for k, v in changed.items())
