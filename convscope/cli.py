@@ -194,18 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
     h.set_defaults(func=_chapter)
 
     s = sub.add_parser("summary", help="per-layer shapes, parameters, MACs, receptive field")
-    s.add_argument("--model", default="simple_cnn", help=f"one of {', '.join(MODELS)} "
-                   "(default: simple_cnn)")
+    add_options(s, ("model", "widths", "first_ks"))  # as train declares them
     s.add_argument("--input", default="1x28x28", metavar="CxHxW",
                    help="input shape (default: 1x28x28)")
+    s.add_argument("--classes", type=positive_int, metavar="N",
+                   help="outputs (default: 10; book_first: 2, the chapter's 3s and 7s)")
     s.set_defaults(func=_summary)
     return parser
-
-
-MODELS = {
-    "simple_cnn": "the book's final model: widths 8-16-32-64-10, 5x5 first kernel, batchnorm",
-    "book_first": "the chapter's first CNN (3s vs 7s): widths 4-8-16-32-2, 3x3, no batchnorm",
-}
 
 
 def _shape(text: str) -> tuple[int, int, int]:
@@ -366,19 +361,15 @@ def _chapter(args: argparse.Namespace) -> int:
 
 
 def _summary(args: argparse.Namespace) -> int:
+    from convscope.config import BUILT_IN_MODELS, parse_widths
     from convscope.model_summary import summary
-    from convscope.models import simple_cnn
+    from convscope.models import build_model
 
     shape = _shape(args.input)
-    if args.model not in MODELS:
-        raise UsageError(f"--model: unknown model {args.model!r}; choose one of "
-                        f"{', '.join(MODELS)}")
-    if args.model == "simple_cnn":
-        model = simple_cnn(in_channels=shape[0])
-    else:
-        model = simple_cnn(in_channels=shape[0], widths=(4, 8, 16, 32), n_classes=2,
-                           first_ks=3, bn=False)
-    print(f"{args.model}: {MODELS[args.model]}")
+    classes = args.classes or (2 if args.model == "book_first" else 10)
+    model = build_model(args.model, shape[0], classes, widths=parse_widths(args.widths),
+                        first_ks=args.first_ks)
+    print(f"{args.model}: {BUILT_IN_MODELS.get(args.model, 'your function')}")
     print(summary(model, shape))
     return 0
 

@@ -83,21 +83,36 @@ def test_cli_run_writes_curves_histograms_and_images(tmp_path, capsys):
 def learner(cbs):
     torch.manual_seed(0)
     dls = DataLoaders.from_data(stripes(192, 64), bs=32, seed=0)  # 6 batches an epoch
+    # one hooked block: drawing each block's color_dim at the end is most of a fit's time here
+    stats = ActivationStats(filter=lambda name, module: name == "1")
     return Learner(dls, simple_cnn(n_classes=4, widths=(8, 16, 32, 64)),
-                   cbs=[ActivationStats(), GradientStats(), *cbs], progress=False)
+                   cbs=[stats, GradientStats(), *cbs], progress=False)
 
 
-def test_resumed_fit_writes_each_step_exactly_once(tmp_path):
+@pytest.mark.parametrize("killed", [False, True], ids=["stopped", "killed"])
+def test_resumed_fit_writes_each_step_exactly_once(tmp_path, killed):
     """Stopped at step 9 with the last checkpoint at step 8 (every 2 batches), then resumed
-    in a fresh learner: the event files read as an uninterrupted run's, step for step."""
+    in a fresh learner: the event files read as an uninterrupted run's, step for step.
+
+    stopped: the fit ends by CancelFitException, so after_fit writes steps 8 and 9, which the
+    resumed fit's purge_step drops. killed: as by SIGKILL, after_fit never runs; the losses
+    were written live after every batch (step 8 past the checkpoint: purged), the
+    statistics of steps 6 and 7 only by the checkpoint (else a resume would lack them)."""
     ref = tmp_path / "ref"
     learner([TensorBoardCallback(ref)]).fit_one_cycle(2, 1e-2)
 
     ck, tb = tmp_path / "c.safetensors", tmp_path / "tb"
-    stopped = learner([CheckpointCallback(ck, every_batches=2), TensorBoardCallback(tb),
-                       StopAt(1, 3)])
+    cb = TensorBoardCallback(tb, live_secs=1e-9 if killed else 20.0)
+    if killed:
+        cb.after_fit = lambda: None
+    stopped = learner([CheckpointCallback(ck, every_batches=2), cb, StopAt(1, 3)])
     stopped.fit_one_cycle(2, 1e-2)
-    assert stopped.train_iter == 9 and steps(read_events(tb), "train/loss") == list(range(10))
+    assert stopped.train_iter == 9
+    if killed:
+        cb.writer.close()  # what the OS does with a killed process's open file
+    seen = read_events(tb)
+    assert steps(seen, "train/loss") == list(range(9 if killed else 10))
+    assert steps(seen, "activations/1", "Histograms") == list(range(8 if killed else 10))
     learner([CheckpointCallback(ck, every_batches=2), TensorBoardCallback(tb)]).fit_one_cycle(
         2, 1e-2, resume=ck)
 
@@ -109,7 +124,7 @@ def test_resumed_fit_writes_each_step_exactly_once(tmp_path):
         assert steps(b, tag) == steps(a, tag), tag
     assert steps(a, "valid/loss") == [5, 11]
     hist = a.Tags()["histograms"]
-    assert hist == b.Tags()["histograms"]
+    assert hist == b.Tags()["histograms"] == ["activations/1"]
     for tag in hist:  # every batch recorded: steps 0..7 from the stopped fit, 8.. resumed
         assert steps(b, tag, "Histograms") == steps(a, tag, "Histograms") == list(range(12))
     assert steps(b, "data/batch", "Images") == [0]
