@@ -68,6 +68,7 @@ _WHERE = {
     "TrainConfig": "convscope.config",
     "RECIPES": "convscope.recipes",
     "load_run": "convscope.run_folder",
+    "load_learner": "convscope.inference",
     "run_training": "convscope.run",
     "build_report": "convscope.report",
     "summary": "convscope.model_summary",
@@ -127,6 +128,7 @@ if TYPE_CHECKING:  # what type checkers and editors see
     from convscope.distributed import Distributed
     from convscope.errors import TrainingDivergedError
     from convscope.image_folders import image_folder
+    from convscope.inference import load_learner
     from convscope.interpretation import Interpretation
     from convscope.layers import Flatten, ScratchBatchNorm2d
     from convscope.learner import Learner

@@ -193,6 +193,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace step run folders an earlier replay left there")
     h.set_defaults(func=_chapter)
 
+    pr = sub.add_parser("predict", help="classify image files with a trained run or an export",
+                        description="Print, for each image (a folder: every image under it), "
+                        "the class a trained run (or a file written by learn.export) predicts "
+                        "and its probability, the image fed as training fed it.")
+    pr.add_argument("source", metavar="RUN_OR_EXPORT")
+    pr.add_argument("images", nargs="+", metavar="IMAGE")
+    pr.add_argument("--top", type=positive_int, default=1, metavar="K",
+                    help="the K most probable classes (default: 1)")
+    pr.add_argument("--json", action="store_true", help="one JSON object per image")
+    pr.add_argument("--model", metavar="FILE.py:FUNCTION",
+                    help="the run's model, when it is a function of yours (it is run only "
+                    "when named here)")
+    pr.set_defaults(func=_predict)
+
     s = sub.add_parser("summary", help="per-layer shapes, parameters, MACs, receptive field")
     add_options(s, ("model", "widths", "first_ks"))  # as train declares them
     s.add_argument("--input", default="1x28x28", metavar="CxHxW",
@@ -357,6 +371,37 @@ def _chapter(args: argparse.Namespace) -> int:
     page = run_chapter(args.out, subset=args.subset, device=args.device,
                        overwrite=args.overwrite)
     print(f"wrote {page}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import json
+
+    from convscope.inference import image_files, load_learner
+    from convscope.models import user_function
+
+    model = user_function(args.model)[0] if args.model else None
+    learn = load_learner(args.source, model=model)
+    failed = 0
+    for path in image_files(args.images):
+        try:
+            p = learn.predict(path)
+        except UsageError as e:  # this image alone: the others are still predicted
+            failed += 1
+            print(f"convscope: error: {e}", file=sys.stderr, flush=True)
+            continue
+        top = p.top(args.top)
+        if args.json:
+            print(json.dumps({"file": str(path), "class": p.label, "index": p.index,
+                              "probability": round(p.probability, 6),
+                              "top": [{"class": c, "probability": round(v, 6)}
+                                      for c, v in top]}), flush=True)
+        else:
+            print(f"{path}: " + ", ".join(f"{c} ({v:.1%})" for c, v in top), flush=True)
+    if failed:
+        print(f"convscope: error: {failed} image{'s' if failed != 1 else ''} could not be "
+              f"read (above); the others were predicted", file=sys.stderr)
+        return 2
     return 0
 
 

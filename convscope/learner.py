@@ -364,6 +364,25 @@ class Learner:
             out[metric_name(m)] = float(m(pred, targ))
         return out
 
+    def predict(self, item):
+        """The class of one image (a file, a PIL image, a uint8 array or tensor, any size or
+        mode), fed as training was: a Prediction (label, index, probs). See inference.py."""
+        from convscope.inference import predict
+
+        return predict(self, item)
+
+    def show_results(self, n: int = 9, save: str | Path | None = None):
+        """The first n valid images, titled target/prediction, the wrong ones in red."""
+        from convscope.inference import show_results
+
+        return show_results(self, n, save)
+
+    def export(self, path: str | Path) -> Path:
+        """One safetensors file (weights and what feeding the model needs) for load_learner."""
+        from convscope.inference import export
+
+        return export(self, path)
+
     def summary(self):
         """Per layer: output shape, parameters, MACs and receptive field, for this data."""
         from convscope.model_summary import summary

@@ -461,3 +461,25 @@ def compare_dead(stats: Sequence, names: Sequence[str],
     axes[-1].legend(fontsize=7)
     fig.tight_layout()
     return save_figure(fig, save)
+
+
+def show_results(images: Tensor, titles: Sequence[tuple[str, str]],
+                 save: str | Path | None = None) -> Figure:
+    """Images (N, C, H, W uint8) in a grid, each titled target/prediction, a wrong
+    prediction in red."""
+    n = len(images)
+    cols = min(n, 5)
+    rows = max(1, -(-n // cols))
+    fig = Figure(figsize=(2 * cols, 2.2 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False).flatten()
+    for ax in axes:
+        ax.axis("off")
+    for ax, img, (target, pred) in zip(axes, images, titles, strict=False):
+        if img.shape[0] == 1:
+            ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=255)
+        else:
+            ax.imshow(img.permute(1, 2, 0).numpy())
+        ax.set_title(f"{target}/{pred}", fontsize=10, color="black" if target == pred else "red")
+    fig.suptitle("target/prediction (wrong in red)", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, save)

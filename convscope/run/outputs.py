@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import time
 from dataclasses import asdict
@@ -20,6 +19,7 @@ from convscope import plots, run_folder
 from convscope.config import TrainConfig
 from convscope.diagnosis import diagnose
 from convscope.files import atomic_write_bytes
+from convscope.inference import model_metadata, save_model
 from convscope.interpretation import Interpretation
 from convscope.learner import Learner
 from convscope.recipes import book_line
@@ -84,30 +84,14 @@ def write_metrics_csv(path: Path, values: list[dict], result: Result) -> None:
     atomic_write_bytes(path, buf.getvalue().encode())
 
 
-def save_weights(model: torch.nn.Module, path: Path, metadata: dict[str, str]) -> None:
-    """The model's state_dict as safetensors, written atomically."""
-    from safetensors.torch import save
-
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write_bytes(path, save(tensors, metadata=metadata))
-
-
 def weights_metadata(learn: Learner, cfg: TrainConfig) -> dict[str, str]:
-    """What model.safetensors records beside the weights, to rebuild the model and feed it
-    as training did: the model (and simple_cnn's arguments, or the SHA-256 of the user's
-    file), the classes, the input shape and the normalisation."""
+    """What model.safetensors records beside the weights: an export's metadata (see
+    inference.py: `load_learner(RUN_DIR)` and `convscope predict RUN_DIR` read it), with
+    the model as --model named it and, for a user's file, that file's SHA-256."""
     from convscope.models import file_sha256
 
     spec = cfg.resolved().model
-    mean, std = learn.dls.stats
-    meta = {"model": spec, "in_channels": str(learn.dls.in_channels),
-            "n_classes": str(learn.dls.c), "classes": json.dumps(learn.dls.classes),
-            "input_shape": json.dumps(list(learn.dls.train.x.shape[1:])),
-            "mean": json.dumps(mean.tolist()), "std": json.dumps(std.tolist())}
-    args = getattr(learn.model, "arguments", None)
-    if args:  # simple_cnn's own
-        meta.update(bn=json.dumps(args["bn"]), widths=json.dumps(args["widths"]),
-                    first_ks=json.dumps(args["first_ks"]))
+    meta = model_metadata(learn, spec)
     digest = file_sha256(spec)
     if digest is not None:
         meta["model_sha256"] = digest
@@ -121,7 +105,7 @@ def write_outputs(learn: Learner, cfg: TrainConfig, run_dir: Path, held_out: str
     result, probs, targs = evaluate(learn, cfg, held_out)
     values = learn.recorder.values
     write_metrics_csv(run_dir / run_folder.METRICS, values, result)
-    save_weights(learn.model, run_dir / run_folder.MODEL, weights_metadata(learn, cfg))
+    save_model(learn.model, run_dir / run_folder.MODEL, weights_metadata(learn, cfg))
     # the model as trained, described once here, where its code runs: the report reads this
     # and never rebuilds a model (a user's own model would mean running their file again)
     learn.recorder.meta["summary"] = learn.summary().to_dict()
