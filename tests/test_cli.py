@@ -163,7 +163,8 @@ def test_summary_command(capsys):
     assert main(["summary", "--input", "3x32"]) == 2
     assert "expected CxHxW" in capsys.readouterr().err
     assert main(["summary", "--model", "resnet"]) == 2
-    assert "choose one of simple_cnn, book_first" in capsys.readouterr().err
+    assert "--model: expected simple_cnn, book_first, or FILE.py:FUNCTION, received " \
+        "'resnet'" in capsys.readouterr().err
 
 
 def test_help_does_not_import_torch():

@@ -15,7 +15,7 @@ import torch
 from conftest import cli_error
 from safetensors.torch import load_file
 
-HOOK = Path(__file__).parent / "elastic_hook"
+HOOK = Path(__file__).parent / "hooks"
 RUN = ["--recipe", "fast", "--hard", "0.4", "--lr", "0.02", "--subset", "1536", "--bs", "64",
        "--epochs", "3", "--checkpoint-every", "4"]
 
@@ -166,6 +166,17 @@ def test_a_machine_that_never_joins(tmp_path):
     assert proc.returncode == 1
     assert "the 2 machines did not all join the rendezvous" in cli_error(proc.stderr)
     assert not (tmp_path / "run").exists()  # the failed start left no empty run folder
+
+
+def test_a_machine_whose_host_never_comes_stops_within_its_timeout(tmp_path):
+    """Node rank 1 of 2 with no node rank 0 anywhere: it gives up after --rdzv-timeout (3 s
+    here), not after torch's own minutes of retrying (149 s were seen with a timeout of 5)."""
+    proc = train("--nproc", "1", "--nnodes", "2", "--node-rank", "1", "--rdzv-endpoint",
+                 f"127.0.0.1:{free_port()}", "--rdzv-timeout", "3", *RUN, "--out",
+                 str(tmp_path / "run"), timeout=90)
+    assert proc.returncode == 1
+    assert "the machine of node rank 0 did not serve the rendezvous at 127.0.0.1:" in \
+        cli_error(proc.stderr)
 
 
 def test_a_rendezvous_port_in_use_is_refused(tmp_path):

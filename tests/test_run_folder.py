@@ -263,7 +263,7 @@ def test_ctrl_c_at_points_of_start_up_and_end(tmp_path, before, expected):
     """A real process interrupted just before it imports `before`: one line that says what
     was kept and what to run next, exit 130, no traceback, nothing half-written; at the end,
     the first Ctrl-C lets the outputs finish."""
-    hook = Path(__file__).parent / "sigint_hook"
+    hook = Path(__file__).parent / "hooks"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get(
         "PYTHONPATH", "")]), "CONVSCOPE_TEST_SIGINT_BEFORE": before, "OMP_NUM_THREADS": "1"}
     run = tmp_path / "run"

@@ -110,6 +110,28 @@ def check_port_free(endpoint: str) -> None:
                              f"machine. Choose a free port, the same on every machine") from None
 
 
+def wait_for_host(spec: Launch) -> None:
+    """On a machine of node rank > 0: wait, up to the join timeout, for the machine of node
+    rank 0 to serve the rendezvous. torch's store client would keep retrying for its own read
+    timeout (60 s, twice) whatever --rdzv-timeout says; this keeps the promise of the flag."""
+    import time
+
+    host, _, port = spec.endpoint.rpartition(":")
+    deadline = time.monotonic() + spec.join_timeout
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):
+                return
+        except OSError:
+            if time.monotonic() >= deadline:
+                raise LaunchFailed(
+                    f"the machine of node rank 0 did not serve the rendezvous at "
+                    f"{spec.endpoint} within {spec.join_timeout:g} s. Start it with "
+                    f"--node-rank 0 and the same --nnodes {spec.nnodes} and --rdzv-endpoint",
+                    1) from None
+            time.sleep(0.2)
+
+
 def launch(spec: Launch, argv: list[str], run_dir: str | Path) -> int:
     """Start the workers of `convscope <argv>` and wait for them; return 0 when they all
     finished.
@@ -126,6 +148,8 @@ def launch(spec: Launch, argv: list[str], run_dir: str | Path) -> int:
         os.environ["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // spec.nproc))
     if spec.endpoint is not None and spec.node_rank == 0:
         check_port_free(spec.endpoint)
+    elif spec.endpoint is not None:
+        wait_for_host(spec)
     config = LaunchConfig(
         min_nodes=spec.nnodes, max_nodes=spec.nnodes, nproc_per_node=spec.nproc,
         run_id="convscope" if spec.endpoint else f"convscope-{uuid.uuid4().hex[:8]}",
