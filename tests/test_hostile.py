@@ -485,7 +485,7 @@ def case_damaged_run_files(tmp_path, capsys, finished):
     refused(["train", "--resume", str(run)], "--lr: expected a number", capsys)
 
 
-def case_full_disk(tmp_path, capsys, monkeypatch):
+def case_full_disk(tmp_path, capsys, monkeypatch, finished):
     """A write that fails for want of room: one line saying what was kept and what to run
     next; a write to a read-only place, from report, one line too."""
     import errno
@@ -512,6 +512,11 @@ def case_full_disk(tmp_path, capsys, monkeypatch):
                                                   "hps": {}, "values": []}))
     (run / "metrics.csv").write_text("epoch,accuracy\n")
     refused(["report", str(run)], "cannot write", capsys)
+    # explore writes its page into the run folder: read-only, one line too
+    from convscope import explore
+
+    monkeypatch.setattr(explore, "atomic_write_bytes", read_only)
+    refused(["explore", str(finished)], "Read-only file system", capsys)
 
 
 def case_damaged_checkpoint_metadata(tmp_path, capsys, finished):
@@ -567,7 +572,28 @@ def case_truncated_weights_and_interpretation(tmp_path, capsys, finished):
             assert "truncated or corrupt" in line or "deserializing" in line, line
 
 
+def case_messages_that_mislead(tmp_path, capsys, finished):
+    """A lost peer's line keeps the start of torch's message (it was cut to its last 80
+    characters: "(rashing... GLHF!)"); a suggested command quotes a path with a space so it
+    pastes into a shell."""
+    import shutil
+
+    from convscope.run.train import peer_lost
+
+    torch_says = ("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed "
+                  "by peer [127.0.0.1]:12345 " + "x" * 200 + " crashing... GLHF!")
+    line = peer_lost(1, RuntimeError(torch_says))
+    assert line.startswith("process 1: another process of the group stopped ([/pytorch/")
+    assert "...); this one stops too" in line and len(line) < 240
+    spaced = tmp_path / "my runs" / "run 1"
+    shutil.copytree(finished, spaced)
+    line = refused(["train", *tiny_data(tmp_path), *TINY, "--out", str(spaced)],
+                   "holds a run already", capsys)
+    assert f"`convscope train --resume '{spaced}'` continues it" in line
+
+
 RUN_CASES = [
+    pytest.param(case_messages_that_mislead, id="a lost peer, a path with a space"),
     pytest.param(case_truncated_weights_and_interpretation,
                  id="truncated weights and interpretation"),
     pytest.param(case_damaged_checkpoint_metadata, id="damaged checkpoint metadata"),

@@ -86,14 +86,19 @@ def run_training(cfg: TrainConfig, log=print, resume: bool = False,
         if info is not None:
             distributed.teardown(ok=False)
             if isinstance(e, RuntimeError) and "peer" in str(e).lower():
-                first = str(e).splitlines()[0]
-                said = first if len(first) <= 160 else first[:157] + "..."
-                raise PeerLost(f"process {info.rank}: another process of the group stopped "
-                               f"({said}); this one stops too") from None
+                raise PeerLost(peer_lost(info.rank, e)) from None
         raise
     if info is not None:
         distributed.teardown()
     return result
+
+
+def peer_lost(rank: int, error: BaseException) -> str:
+    """What a process says when another of its group stopped: torch's own first line, whole
+    up to a line's length (its start says what happened), then cut with an ellipsis."""
+    first = str(error).splitlines()[0] if str(error) else type(error).__name__
+    said = first if len(first) <= 160 else first[:157] + "..."
+    return f"process {rank}: another process of the group stopped ({said}); this one stops too"
 
 
 def _silent(*args, **kwargs) -> None:
