@@ -176,15 +176,18 @@ class TrainConfig:
         label="schedule", help="one_cycle (fit_one_cycle) or constant (fit: the lr throughout)")
     model: str = option(
         "simple_cnn", flag="--model", kind=str, metavar="NAME", check=_model_spec,
+        absent="simple_cnn",
         expected="simple_cnn, book_first, or FILE.py:FUNCTION", label="model",
         help="simple_cnn, book_first, or FILE.py:FUNCTION: a function of yours that returns an "
              "nn.Module given the input channels and the number of classes")
     widths: str = option(
         DEFAULT_WIDTHS, flag="--widths", kind=str, metavar="W,W,...", check=_widths,
+        absent=DEFAULT_WIDTHS,
         expected="whole numbers > 0 separated by commas, e.g. 8,16,32,64",
         label="simple_cnn widths", help="simple_cnn's hidden conv widths")
     first_ks: int = option(
         5, flag="--first-ks", kind=int, metavar="K", check=lambda v: v >= 1 and v % 2 == 1,
+        absent=5,
         expected="an odd integer >= 1", label="first kernel size",
         help="simple_cnn's first kernel size")
     bn: bool = option(
@@ -225,7 +228,7 @@ class TrainConfig:
         False, flag="--sync-bn", label="SyncBatchNorm",
         help="with --nproc: batchnorm statistics over all processes' batches (CUDA)")
     tensorboard: bool = option(
-        False, flag="--tensorboard", label="TensorBoard event files",
+        False, flag="--tensorboard", label="TensorBoard event files", absent=False,
         help="also write TensorBoard event files into RUN_DIR/tensorboard (`tensorboard "
              "--logdir runs`; needs pip install convscope[tensorboard])")
 

@@ -106,8 +106,10 @@ def plot_loss(recorder, skip_start: int = 5, with_valid: bool = True,
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
     steps = range(skip_start, len(recorder.losses))
-    ax.plot(steps, recorder.losses[skip_start:], alpha=0.3, label="train (per batch)")
-    ax.plot(steps, recorder.smooth_losses[skip_start:], label="train (smoothed)")
+    dot = "o" if len(steps) < 3 else None  # a line through one point shows nothing
+    ax.plot(steps, recorder.losses[skip_start:], alpha=0.3, label="train (per batch)",
+            marker=dot)
+    ax.plot(steps, recorder.smooth_losses[skip_start:], label="train (smoothed)", marker=dot)
     if with_valid and recorder.values:
         ax.plot(recorder.epoch_ends, [v["valid_loss"] for v in recorder.values], "o-",
                 label="valid")
@@ -454,6 +456,8 @@ def compare_dead(stats: Sequence, names: Sequence[str],
             ax.plot(s.batches, 100 * s.near_zero(i).numpy(), label=f"block {layer}",
                     marker="o" if len(s.batches) < 3 else None)
         ax.set_ylim(-3, 103)
+        if len(s.batches) == 1:  # one recorded batch: an axis around it, not +-0.04
+            ax.set_xlim(s.batches[0] - 1, s.batches[0] + 1)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("batch")
         ax.grid(alpha=0.3)
