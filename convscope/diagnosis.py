@@ -418,12 +418,21 @@ def update_problems(gstats, th: Thresholds) -> list[Finding]:
                 f"{others} median ({median:.1e}).", "Its gradients vanish or its weights are "
                 "far larger than the others': check its initialisation, add batchnorm, or give "
                 "it its own learning rate.", layer=name, value=r))
-    for name, r in ratios.items():
-        if r > th.update_max:
+    large = {name: r for name, r in ratios.items() if r > th.update_max}
+    if len(large) <= 2:
+        for name, r in large.items():
             out.append(Finding(
                 "warning", "large_updates", f"Layer {name}'s steps are {r:.0%} of its weights "
                 f"(median per step): each step rewrites much of what it learned.",
                 "Lower the learning rate.", layer=name, value=r))
+    else:  # one finding for many layers: the cause is the same, and ten lines hide the rest
+        worst = max(large, key=large.get)
+        out.append(Finding(
+            "warning", "large_updates", f"{len(large)} layers' steps are "
+            f"{min(large.values()):.0%}-{max(large.values()):.0%} of their weights (median "
+            f"per step; most, {large[worst]:.0%}, layer {worst}): each step rewrites much of "
+            f"what they learned. Layers: {', '.join(large)}.", "Lower the learning rate.",
+            layer=worst, value=large[worst]))
     early, late = max(1, n // 4), n // 2
     for i, name in enumerate(gstats.layer_names):
         g = gstats.series("grad_norm", i)

@@ -265,3 +265,28 @@ def test_advice_fits_the_schedule_the_run_used():
         assert cool in gap.suggestion, (meta, gap.suggestion)
         found = diagnose(history=History(nan, nan, {"lr": lrs}, [], meta))
         assert warm in next(f for f in found if f.kind == "nan_loss").suggestion, meta
+
+
+def test_many_layers_with_large_steps_are_one_finding():
+    """A few layers with steps far too large are named one by one; many, as a tiny run at a
+    high rate gives, are one finding naming them all, not a wall of warnings."""
+    from convscope.callbacks.gradient_stats import COLUMNS, GradientStats
+
+    def gstats(ratios):
+        g = GradientStats()
+        g.layer_names = [f"{i}.0" for i in range(len(ratios))]
+        g.layer_types = ["Conv2d"] * len(ratios)
+        g.batches = list(range(8))
+        g.records = torch.ones(len(ratios), 8, len(COLUMNS))
+        for i, r in enumerate(ratios):
+            g.records[i, :, COLUMNS.index("update_ratio")] = r
+        return g
+
+    two = [f for f in diagnose(gradients=gstats([0.5, 0.3, 1e-3, 1e-3])) if
+           f.kind == "large_updates"]
+    assert [f.layer for f in two] == ["0.0", "1.0"]
+    many = [f for f in diagnose(gradients=gstats([0.5, 0.3, 2.9, 0.2, 1e-3])) if
+            f.kind == "large_updates"]
+    assert len(many) == 1 and many[0].layer == "2.0"
+    assert many[0].message.startswith("4 layers' steps are 20%-290% of their weights")
+    assert "Layers: 0.0, 1.0, 2.0, 3.0." in many[0].message
