@@ -391,6 +391,8 @@ def _predict(args: argparse.Namespace) -> int:
             print(f"convscope: error: {e}", file=sys.stderr, flush=True)
             continue
         top = p.top(args.top)
+        if p.note:
+            print(f"convscope: warning: {path}: {p.note}", file=sys.stderr, flush=True)
         if args.json:
             print(json.dumps({"file": str(path), "class": p.label, "index": p.index,
                               "probability": round(p.probability, 6),

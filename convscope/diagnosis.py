@@ -130,18 +130,31 @@ def dead_layers(stats, th: Thresholds, one_cycle: bool | None = None) -> list[Fi
     if n == 0:
         return out
     start = _late(n, th.late)
+    dead = {}
     for i, name in enumerate(stats.layer_names):
         if stats.ranges[i][0] < 0:  # signed output (logits, no ReLU): zero is not "dead"
             continue
         share = float(stats.near_zero(i)[start:].mean())
         if share > th.dead:
+            dead[name] = share
+    over = (f"over the last {n - start} recorded batch{'es' if n - start != 1 else ''}")
+    advice = (f"lower the learning rate, {warm_up(one_cycle)}, or add batchnorm "
+              f"(simple_cnn(bn=True))")
+    if len(dead) <= 2:
+        for name, share in dead.items():
             out.append(Finding(
                 "error" if share > 0.99 else "warning", "dead_layer",
                 f"Block {name}: {share:.0%} of activations are near zero (|x| <= "
-                f"{stats.zero_thresh:g}) over the last {n - start} recorded batches.",
-                f"Its ReLUs have died: lower the learning rate, {warm_up(one_cycle)}, or add "
-                f"batchnorm (simple_cnn(bn=True)).",
+                f"{stats.zero_thresh:g}) {over}.", f"Its ReLUs have died: {advice}.",
                 layer=name, batches=_span(stats.batches, start, n), value=share))
+    else:  # the same cause in several blocks: one finding, not a column of copies
+        worst = max(dead, key=dead.get)
+        out.append(Finding(
+            "error" if dead[worst] > 0.99 else "warning", "dead_layer",
+            f"Blocks {', '.join(dead)}: {min(dead.values()):.0%}-{max(dead.values()):.0%} of "
+            f"activations are near zero (|x| <= {stats.zero_thresh:g}) {over}.",
+            f"Their ReLUs have died: {advice}.", layer=worst,
+            batches=_span(stats.batches, start, n), value=dead[worst]))
     return out
 
 
@@ -380,7 +393,7 @@ def too_little(history, th: Thresholds) -> list[Finding]:
     acc = last.get("accuracy")
     if k and acc is not None and math.isfinite(acc) and acc < th.chance / k:
         out.append(Finding(
-            "error", "chance", f"The accuracy, {acc:.1%}, is at chance level for {k} classes "
+            "error", "chance", f"The accuracy, {acc:.2%}, is at chance level for {k} classes "
             f"({1 / k:.1%}): the model learned nothing that generalises.", "Look at the loss "
             "and the blocks and layers below; train longer, on more data, or with another "
             "learning rate (lr_find).", value=acc))
@@ -479,7 +492,8 @@ def diagnose(learn=None, stats=None, history=None, gradients=None,
         findings += unstable_layers(stats, th, one_cycle)
     if stats is None and history is None and gradients is None:
         raise UsageError("diagnose needs a Learner after fit, or recorded stats or history.")
-    findings.sort(key=lambda f: SEVERITIES.index(f.severity))
+    # a run too short to judge says so first: what follows is to be read in its light
+    findings.sort(key=lambda f: (f.kind != "too_little", SEVERITIES.index(f.severity)))
     if not findings:
         looked = (["the loss"] if history is not None and history.losses else []) + (
             [f"{len(stats.layer_names)} layers' activations"] if stats is not None

@@ -63,10 +63,12 @@ def findings_html(findings: Iterable) -> str:
     parts = []
     for f in findings:
         where = []
-        if f.layer is not None:
-            where.append(f"layer {f.layer}")
+        if f.layer is not None:  # step findings are of layers, activation findings of blocks
+            steps = f.kind in ("barely_learning", "large_updates", "exploding_gradients")
+            where.append(f"{'layer' if steps else 'block'} {f.layer}")
         if f.batches is not None:
-            where.append(f"batches {f.batches[0]}-{f.batches[1]}")
+            a, b = f.batches
+            where.append(f"batch {a}" if a == b else f"batches {a}-{b}")
         extra = f" <small>({html.escape(', '.join(where))})</small>" if where else ""
         colour = SEVERITY_COLOURS.get(f.severity, "#555")
         parts.append(

@@ -37,6 +37,7 @@ class Prediction:
     index: int
     probs: Tensor
     classes: tuple[str, ...]
+    note: str | None = None  # an image unlike the training images (see `predict`)
 
     @property
     def probability(self) -> float:
@@ -96,7 +97,15 @@ def predict(learn, item) -> Prediction:
         probs = model(learn.dls.train.normalize(x)).float().softmax(dim=1)[0].cpu()
     index = int(probs.argmax())
     classes = tuple(learn.dls.classes)
-    return Prediction(classes[index], index, probs, classes)
+    # a black digit on white fed to a model of MNIST's white digits on black is read as
+    # another digit, confidently: say so rather than let the number speak alone
+    seen, trained = float(x.float().mean()) / 255, float(learn.dls.stats[0].mean())
+    note = None
+    if abs(seen - trained) > 0.35:
+        note = (f"this image is much {'brighter' if seen > trained else 'darker'} than the "
+                f"training images (mean {seen:.2f} against {trained:.2f}, on 0-1); if its "
+                f"colours are inverted (MNIST's digits are white on black), invert it first")
+    return Prediction(classes[index], index, probs, classes, note)
 
 
 def show_results(learn, n: int = 9, save: str | Path | None = None):

@@ -67,6 +67,12 @@ def _batch_span(batches: Sequence[int]) -> tuple[float, float]:
     return first, last + (batches[-1] - batches[-2])
 
 
+def _dot(xs) -> str | None:
+    """A marker for a series of a point or two (a tiny run's): a line through one point is
+    invisible."""
+    return "o" if len(xs) < 3 else None
+
+
 def save_figure(fig: Figure, path: str | Path | None, dpi: int = 100) -> Figure:
     """Write `fig` to `path` as PNG, atomically; a None path does nothing."""
     if path is not None:
@@ -135,8 +141,8 @@ def draw_epochs(ax, recorder) -> None:
                  if i == 0 else None)
         ax.axvline(m["batch"], color="tab:red", ls="--", lw=0.9, label=label, zorder=0)
         ax.annotate(f"epoch {m['epoch'] + 1}: {m['images']:,}", (m["batch"], 0), fontsize=7,
-                    xycoords=("data", "axes fraction"), xytext=(2, 3),
-                    textcoords="offset points", color="tab:red")
+                    xycoords=("data", "axes fraction"), xytext=(2, 3 + 10 * (i % 3)),
+                    textcoords="offset points", color="tab:red")  # staggered: no overlap
 
 
 def plot_sched(recorder, save: str | Path | None = None) -> Figure:
@@ -145,7 +151,8 @@ def plot_sched(recorder, save: str | Path | None = None) -> Figure:
     axes = fig.subplots(1, 2)
     labels = ("learning rate", "momentum / beta1")
     for ax, name, label in zip(axes, ("lr", "mom"), labels, strict=True):
-        ax.plot([groups[0] for groups in recorder.hps[name]])
+        ys = [groups[0] for groups in recorder.hps[name]]
+        ax.plot(ys, marker=_dot(ys))
         ax.set_xlabel("batch")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
@@ -233,7 +240,7 @@ def plot_layer_stats(stats, idx: int | str, save: str | Path | None = None) -> F
     series = (stats.means(i), stats.stds(i), 100 * stats.near_zero(i))
     titles = ("mean", "std", f"% near zero (|x| <= {stats.zero_thresh:g})")
     for ax, y, title in zip(axes, series, titles, strict=True):
-        ax.plot(stats.batches, y.numpy())
+        ax.plot(stats.batches, y.numpy(), marker=_dot(stats.batches))
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("batch")
         ax.grid(alpha=0.3)
@@ -341,7 +348,8 @@ def plot_gradient_stats(gstats, save: str | Path | None = None) -> Figure:
     for i, name in enumerate(gstats.layer_names):
         for ax, column in zip(axes, ("update_ratio", "grad_norm"), strict=True):
             y = gstats.series(column, i).numpy()
-            ax.plot(gstats.batches, y.clip(min=1e-12), linewidth=1, label=name)
+            ax.plot(gstats.batches, y.clip(min=1e-12), linewidth=1, label=name,
+                    marker=_dot(gstats.batches))
     for ax, title in zip(axes, ("update / weight (norm ratio per step)", "gradient norm"),
                          strict=True):
         ax.set_yscale("log")

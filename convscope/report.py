@@ -20,7 +20,7 @@ from convscope.diagnosis import diagnose
 from convscope.display import findings_html, table_html
 from convscope.files import atomic_write_bytes
 from convscope.recipes import book_line, overridden
-from convscope.run_folder import Run, load_run
+from convscope.run_folder import MODEL_SHA256, Run, load_run
 
 CSS = """
 body { font: 15px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1100px;
@@ -100,13 +100,21 @@ def _settings(run: Run) -> list[dict]:
     """The config in words (a value the run changed from its recipe says so), then what the
     run recorded it was: model, optimizer, schedule, callbacks, images, classes."""
     changed = overridden(run.config)
+    built_in = run.config.get("model", "simple_cnn") in ("simple_cnn", "book_first")
+    # the model's own row (below) says what it is; simple_cnn's shape options only where
+    # they shaped it
+    skip = {"model", MODEL_SHA256} if run.model_meta.get("model") else {MODEL_SHA256}
+    if not built_in:
+        skip |= {"widths", "first_ks", "bn"}
     rows = []
     for k, v in run.config.items():
+        if k in skip:
+            continue
         label, value = describe(k, v)
         if k in changed:
             value = f"{value} (the recipe's: {describe(k, changed[k])[1]})"
         if k == "tta" and v and run.result.tta and not run.result.augmented:
-            value += " (asked for, and skipped: see the result above)"
+            value += " (and skipped: see the result above)"
         rows.append({"setting": label, "value": value})
     meta, hist = run.model_meta, run.history.meta
     if meta.get("model"):
@@ -219,8 +227,9 @@ def _curves(run: Run, figs: Figures) -> list[str]:
     # the PNGs the run wrote from the same history, drawn again only when missing
     loss, sched = run.path / run_folder.LOSS_PNG, run.path / run_folder.SCHED_PNG
     out = ["<h2>Loss and schedule</h2>",
-           "<p>Faint vertical lines: epoch ends. Dashed red: where the training set changed "
-           "(a callback made the epochs from there draw other images).</p>" if h.marks else "",
+           "<p>Faint vertical lines: epoch ends."
+           + (" Dashed red: where the training set changed (a callback made the epochs from "
+              "there draw other images)." if h.marks else "") + "</p>",
            _img(_file_png(loss), "loss") if loss.is_file()
            else figs.img(lambda: plots.plot_loss(h, skip_start=0), "loss"),
            _img(_file_png(sched), "schedule") if sched.is_file()
@@ -278,7 +287,8 @@ def _gradients(run: Run, figs: Figures) -> list[str]:
     return ["<h2>Gradients and steps</h2>",
             f"<p>Per layer (numbered as in the model summary) and training step: how far "
             f"the step moved the weights relative to their size, and the gradient norm; "
-            f"recorded on {len(g.batches)} steps. Around 1e-3 is usual; a layer 100x below "
+            f"recorded on {len(g.batches)} step{'s' if len(g.batches) != 1 else ''}. Around "
+            f"1e-3 is usual; a layer 100x below "
             f"the others barely learns, one above 1e-1 is pushed too hard.</p>",
             figs.img(lambda: plots.plot_gradient_stats(g), "gradient statistics")]
 
@@ -290,12 +300,18 @@ def _activations(run: Run, figs: Figures, summary) -> list[str]:
     if s is None or not s.batches:
         return []
     blocks = _blocks(summary)
+    n = len(s.batches)
+    every = "every batch" if s.every == 1 else f"one in {s.every}"
+    numbered = ("Block <i>k</i> holds the summary's layers <i>k</i>.0, <i>k</i>.1, ... "
+                if run.model_meta.get("model") in ("simple_cnn", "book_first") else
+                "Each block is a module of the model, named as in the summary. ")
     out = ["<h2>Activations</h2>",
-           f"<p>The output of each conv block (after its ReLU), recorded on "
-           f"{len(s.batches)} training batches (one in {s.every}); near zero means "
-           f"|x| &le; {s.zero_thresh:g}. Block <i>k</i> holds the summary's layers "
-           f"<i>k</i>.0, <i>k</i>.1, ... Between 40% and 60% near zero is normal after a "
-           f"ReLU, which zeroes the negative half; a block near 100% is dead.</p>",
+           f"<p>The output of each conv block (after its ReLU), recorded on {n} training "
+           f"batch{'es' if n != 1 else ''} ({every}); near zero means "
+           f"|x| &le; {s.zero_thresh:g}. {numbered}Between 40% and 60% near zero is normal "
+           f"after a ReLU, which zeroes the negative half; a block near 100% is dead. A block "
+           f"that ends without a ReLU (simple_cnn's last, whose outputs are the logits) "
+           f"has signed outputs, and few of them near zero.</p>",
            figs.img(lambda: plots.dead_chart(s), "dead chart")]
     for i, name in enumerate(s.layer_names):
         layers = f" (layers {blocks[name]})" if name in blocks else ""

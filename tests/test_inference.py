@@ -51,6 +51,9 @@ def test_predict_takes_any_image_form_and_feeds_it_as_training_did(trained):
     # another size is squashed to the training size, as image folders are
     big = Image.open(files[0]).resize((56, 56), Image.Resampling.BILINEAR)
     assert learn.predict(big).index == int(ref.argmax())
+    assert learn.predict(files[0]).note is None
+    inverted = learn.predict(255 - digit)  # black on white: said, not only mispredicted
+    assert "much brighter than the training images" in inverted.note
     with pytest.raises(UsageError, match="expected uint8 pixels"):
         learn.predict(np.zeros((28, 28), dtype=np.float32))
     with pytest.raises(UsageError, match="expected an image of HxW, HxWxC or CxHxW"):

@@ -100,11 +100,11 @@ def test_a_sweep_that_never_turns_up_or_is_too_short_suggests_nothing():
     lrs = [10 ** (-7 + 8 * i / 99) for i in range(100)]
     falling = [2.0 - i / 100 for i in range(100)]
     warning = never_turned_up(lrs, falling)
-    assert warning.startswith("the loss was still falling at the sweep's end (lr 10)")
+    assert warning.startswith("the loss was still falling at the sweep's end, lr 10")
     assert "--end-lr" in warning
     found = LRFindResult(lrs, falling, suggest_lrs(lrs, falling), None, warning)
     assert found.minimum is None and found.valley is not None  # no end of the range offered
-    assert "no minimum (the loss was still falling" in found.describe()
+    assert "no minimum. Note: the loss was still falling" in found.describe()
     short = learner().lr_find(num_it=30)
     assert not short.reliable and "a sweep of 30 steps is too short to trust" in short.reason
     assert "no reliable suggestion" in short.describe()

@@ -88,7 +88,7 @@ def test_augmentation_is_skipped_with_a_line_when_the_model_is_unsure_of_most_im
     assert float(rows[-1]["accuracy"]) == pytest.approx(result.accuracy)
     assert "skipped" in headline(run_dir)
     page = (run_dir / "report.html").read_text()
-    assert "(asked for, and skipped: see the result above)" in page
+    assert "yes (the recipe&#x27;s: no) (and skipped: see the result above)" in page
 
 
 def test_a_result_that_augmentation_lowered_says_so():

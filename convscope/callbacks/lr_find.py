@@ -117,9 +117,9 @@ def never_turned_up(lrs: list[float], losses: list[float]) -> str | None:
     finite = [(lr, v) for lr, v in zip(lrs, losses, strict=True) if math.isfinite(v)]
     if not finite or min(range(len(finite)), key=lambda i: finite[i][1]) != len(finite) - 1:
         return None
-    return (f"the loss was still falling at the sweep's end (lr {finite[-1][0]:.2g}): it never "
-            f"turned up, so there is no minimum to suggest; sweep further (a larger end_lr, "
-            f"--end-lr) to see where it does")
+    return (f"the loss was still falling at the sweep's end, lr {finite[-1][0]:.2g}: it never "
+            f"turned up, so there is no minimum to suggest; sweep further with a larger end_lr "
+            f"(--end-lr) to see where it does")
 
 
 def why_unreliable(lrs: list[float], losses: list[float]) -> str | None:
@@ -190,7 +190,7 @@ class LRFindResult:
         s = self.suggestions
         minimum = f"minimum {s.minimum:.2g}" if s.minimum is not None else "no minimum"
         return (f"{sweep}; suggestions: valley {s.valley:.2g}, steep {s.steep:.2g}, {minimum}"
-                + (f" ({self.warning})" if self.warning else ""))
+                + (f". Note: {self.warning}" if self.warning else ""))
 
     def __repr__(self) -> str:
         return f"LRFindResult: {self.describe()}"

@@ -52,10 +52,10 @@ def one_cycle(start: float, middle: float, end: float, pct_start: float) -> Sche
 
     def schedule(step: int, total: int) -> float:
         peak = pct_start * total - 1
+        if step == 0:  # also a fit too short for a warm-up step: it starts where fastai's does
+            return start
         if step <= peak:
-            return cos_anneal(start, middle, step / peak if peak > 0 else 1.0)
-        # a fit too short for a warm-up step starts its annealing at the middle (a one-step
-        # fit trains at the peak, not at the end value)
+            return cos_anneal(start, middle, step / peak)
         top = max(peak, 0.0)
         return cos_anneal(middle, end, min((step - top) / max(total - 1 - top, 1.0), 1.0))
 

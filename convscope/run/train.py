@@ -310,7 +310,9 @@ _WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EP
 
 def _overrides(cfg: TrainConfig) -> str:
     """', with lr 0.05 (the recipe's: 0.1)' for each recipe setting the config changed."""
+    from convscope.config import describe
     from convscope.recipes import overridden
 
     changed = overridden(asdict(cfg))
-    return "".join(f"; {k} {getattr(cfg, k)} (the recipe's: {v})" for k, v in changed.items())
+    return "".join(f"; {describe(k, getattr(cfg, k))[0]} {describe(k, getattr(cfg, k))[1]} "
+                   f"(the recipe's: {describe(k, v)[1]})" for k, v in changed.items())
