@@ -149,9 +149,10 @@ def dead_layers(stats, th: Thresholds, one_cycle: bool | None = None) -> list[Fi
                 layer=name, batches=_span(stats.batches, start, n), value=share))
     else:  # the same cause in several blocks: one finding, not a column of copies
         worst = max(dead, key=dead.get)
+        low, high = f"{min(dead.values()):.0%}", f"{max(dead.values()):.0%}"
         out.append(Finding(
             "error" if dead[worst] > 0.99 else "warning", "dead_layer",
-            f"Blocks {', '.join(dead)}: {min(dead.values()):.0%}-{max(dead.values()):.0%} of "
+            f"Blocks {', '.join(dead)}: {low if low == high else f'{low}-{high}'} of "
             f"activations are near zero (|x| <= {stats.zero_thresh:g}) {over}.",
             f"Their ReLUs have died: {advice}.", layer=worst,
             batches=_span(stats.batches, start, n), value=dead[worst]))
@@ -442,7 +443,7 @@ def update_problems(gstats, th: Thresholds) -> list[Finding]:
         worst = max(large, key=large.get)
         out.append(Finding(
             "warning", "large_updates", f"{len(large)} layers' steps are "
-            f"{min(large.values()):.0%}-{max(large.values()):.0%} of their weights (median "
+            f"{min(large.values()):.0%} to {max(large.values()):.0%} of their weights (median "
             f"per step; most, {large[worst]:.0%}, layer {worst}): each step rewrites much of "
             f"what they learned. Layers: {', '.join(large)}.", "Lower the learning rate.",
             layer=worst, value=large[worst]))

@@ -42,7 +42,7 @@ def test_books_bad_run_dead_layers():
     findings = diagnose(stats=stats, history=hist)
     # three dead blocks, one cause: one finding naming them all, not three copies
     dead = [f for f in findings if f.kind == "dead_layer"]
-    assert len(dead) == 1 and dead[0].message.startswith("Blocks 1, 2, 3: 100%-100% of ")
+    assert len(dead) == 1 and dead[0].message.startswith("Blocks 1, 2, 3: 100% of ")
     assert "Their ReLUs have died" in dead[0].suggestion
     assert ("stuck", None) in kinds(findings)
     assert dead[0].severity == "error" and dead[0].value > 0.99
@@ -289,7 +289,7 @@ def test_many_layers_with_large_steps_are_one_finding():
     many = [f for f in diagnose(gradients=gstats([0.5, 0.3, 2.9, 0.2, 1e-3])) if
             f.kind == "large_updates"]
     assert len(many) == 1 and many[0].layer == "2.0"
-    assert many[0].message.startswith("4 layers' steps are 20%-290% of their weights")
+    assert many[0].message.startswith("4 layers' steps are 20% to 290% of their weights")
     assert "Layers: 0.0, 1.0, 2.0, 3.0." in many[0].message
 
 
