@@ -110,8 +110,12 @@ def compare(run_dirs) -> str:
             table_html(final_metrics(runs, names), left=("run",))]
     histories = [r.history for r in runs]
     if any(h.losses for h in histories):
-        out += ["<h2>Curves</h2>", figs.img(lambda: plots.compare_curves(histories, names),
-                                            "overlaid curves")]
+        changed = ("<p>A thin vertical line in a run's colour: where its training set changed "
+                   "(its later epochs draw fewer images, so its schedule moves faster per "
+                   "epoch there).</p>" if any(getattr(h, "marks", None) for h in histories)
+                   else "")
+        out += ["<h2>Curves</h2>", changed,
+                figs.img(lambda: plots.compare_curves(histories, names), "overlaid curves")]
     stats = [r.stats for r in runs]
     layers = list(dict.fromkeys(n for s in stats if s is not None for n in s.layer_names))
     if layers:

@@ -384,19 +384,24 @@ def compare_curves(histories: Sequence, names: Sequence[str],
     fig = Figure(figsize=(12, 7))
     (loss_ax, acc_ax), (lr_ax, mom_ax) = fig.subplots(2, 2)
     dashes = ["-", "--", "-.", ":"]
+    shapes = ["o", "s", "^", "D", "v"]  # a point of one run does not hide another's
     accs: list[float] = []
     for k, (h, name) in enumerate(zip(histories, names, strict=True)):
-        colour, dash = f"C{k % 10}", dashes[k % len(dashes)]
+        colour, dash, shape = f"C{k % 10}", dashes[k % len(dashes)], shapes[k % len(shapes)]
         x = in_epochs(h)
         dot = "o" if len(x) < 3 else None  # a run of a batch or two: points, not a line
         loss_ax.plot(x, h.smooth_losses[:len(x)], dash, color=colour, label=name, marker=dot)
         if h.values:
             ends = [e + 1 for e in range(len(h.values))]
-            loss_ax.plot(ends, [v["valid_loss"] for v in h.values], "o", color=colour,
+            loss_ax.plot(ends, [v["valid_loss"] for v in h.values], shape, color=colour,
                          markersize=4)
             acc = [100 * v.get("accuracy", math.nan) for v in h.values]
             accs += [a for a in acc if math.isfinite(a)]
-            acc_ax.plot(ends, acc, "o" + dash, color=colour, label=name)
+            acc_ax.plot(ends, acc, shape + dash, color=colour, label=name, markersize=7 - k,
+                        alpha=0.85)
+        for m in getattr(h, "marks", []):  # where this run's epochs began to draw fewer images
+            for ax in (loss_ax, lr_ax, mom_ax):
+                ax.axvline(m["epoch"], color=colour, ls=dash, lw=0.8, alpha=0.5)
         for ax, hp in ((lr_ax, "lr"), (mom_ax, "mom")):
             ax.plot(x, [g[0] for g in h.hps.get(hp, [])][:len(x)], dash, color=colour,
                     label=name, marker=dot)
