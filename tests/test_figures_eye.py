@@ -1,0 +1,77 @@
+"""What the eye checks on every figure the pages draw, for a tiny run (one step), a short
+run, and a run whose training set changed: no empty panel, and every data point inside its
+axes' limits."""
+
+import math
+
+import pytest
+import torch
+from conftest import stripes
+
+from convscope import plots
+from convscope.callbacks import ActivationStats, GradientStats, HardExamples
+from convscope.data import DataLoaders
+from convscope.interpretation import Interpretation
+from convscope.learner import Learner
+from convscope.models import simple_cnn
+
+
+def trained(n_train: int, epochs: int, hard: float | None = None) -> Learner:
+    torch.manual_seed(0)
+    dls = DataLoaders.from_data(stripes(n_train, 64), bs=32, seed=0)
+    cbs = [ActivationStats(every=1), GradientStats(every=1)]
+    cbs += [HardExamples(hard)] if hard else []
+    learn = Learner(dls, simple_cnn(n_classes=4), cbs=cbs, progress=False)
+    learn.fit_one_cycle(epochs, 1e-2)
+    return learn
+
+
+@pytest.fixture(scope="module")
+def runs():
+    return {"one step": trained(32, 1), "short": trained(256, 2),
+            "set changed": trained(256, 3, hard=0.5)}
+
+
+def eye_check(fig, what: str) -> None:
+    for ax in fig.axes:
+        if not ax.axison:  # an image grid's cell
+            continue
+        # a line through a single point draws nothing: it needs a marker to be seen
+        seen = [line for line in ax.lines if len(line.get_xdata()) > 1
+                or (len(line.get_xdata()) == 1 and line.get_marker() not in (None, "None", ""))]
+        assert seen + ax.images + ax.collections, f"{what}: an empty panel ({ax.get_title()!r})"
+        (x0, x1), (y0, y1) = sorted(ax.get_xlim()), sorted(ax.get_ylim())
+        for line in ax.lines:
+            if line.get_transform() != ax.transData:  # an axvline: x in data, y in the axes
+                continue
+            for x, y in zip(line.get_xdata(), line.get_ydata(), strict=True):
+                if math.isfinite(x) and math.isfinite(y):
+                    assert x0 <= x <= x1 and y0 <= y <= y1, (
+                        f"{what}: ({x}, {y}) outside {ax.get_title()!r}'s "
+                        f"x {x0:.3g}..{x1:.3g}, y {y0:.3g}..{y1:.3g}")
+
+
+@pytest.mark.parametrize("name", ["one step", "short", "set changed"])
+def test_every_figure_of_a_run_has_its_data_in_view(runs, name):
+    learn = runs[name]
+    rec, stats, grads = learn.recorder, learn.activation_stats, learn.gradient_stats
+    figures = {"loss": plots.plot_loss(rec, skip_start=0), "sched": plots.plot_sched(rec),
+               "dead chart": plots.dead_chart(stats),
+               "gradients": plots.plot_gradient_stats(grads),
+               "confusion": Interpretation.from_learner(learn).plot_confusion_matrix()}
+    for i in range(len(stats.layer_names)):
+        figures[f"layer stats {i}"] = plots.plot_layer_stats(stats, i)
+        figures[f"color_dim {i}"] = plots.color_dim(stats, i, recorder=rec)
+    for what, fig in figures.items():
+        eye_check(fig, f"{name}, {what}")
+
+
+def test_every_comparison_figure_has_its_data_in_view(runs):
+    learners = list(runs.values())
+    names = list(runs)
+    histories = [learn.recorder.history() for learn in learners]
+    stats = [learn.activation_stats for learn in learners]
+    eye_check(plots.compare_curves(histories, names), "compare curves")
+    eye_check(plots.compare_dead(stats, names), "compare near zero")
+    for layer in stats[0].layer_names:
+        eye_check(plots.compare_color_dim(stats, names, layer), f"compare block {layer}")
