@@ -121,8 +121,9 @@ class Learner:
     @property
     def total_iters(self) -> int:
         """The training batches of the whole fit: what schedules span. Computed from the
-        epoch lengths whenever it is read, so no callback sets it and the order in which
-        callbacks shard or shorten epochs does not matter."""
+        epoch lengths, so no callback sets it and the order in which callbacks shard or
+        shorten epochs does not matter; fixed once every before_fit has run (the schedule
+        reads it on every batch)."""
         if self._total_iters is not None:
             return self._total_iters
         return sum(self.epoch_length(e) for e in range(self.n_epoch))
@@ -240,6 +241,8 @@ class Learner:
                     self._attach(old)
 
     def _do_fit(self) -> None:
+        if self._total_iters is None:  # every callback has sharded or shortened its epochs
+            self._total_iters = self.total_iters
         start_epoch, self._start_batch = 0, 0
         if self._resume is not None:  # after before_fit, so callbacks' fresh state is replaced
             from convscope.checkpoint import load_checkpoint
