@@ -378,10 +378,8 @@ def _predict(args: argparse.Namespace) -> int:
     import json
 
     from convscope.inference import image_files, load_learner
-    from convscope.models import user_function
 
-    model = user_function(args.model)[0] if args.model else None
-    learn = load_learner(args.source, model=model)
+    learn = load_learner(args.source, model=args.model)
     failed = 0
     for path in image_files(args.images):
         try:

@@ -27,46 +27,14 @@ from convscope.files import atomic_write_bytes
 
 
 def load_model(run_dir: str | Path, model_spec: str | None = None):
-    """The run's trained model and the metadata saved beside its weights. A built-in model is
-    rebuilt from the metadata; a model from the user's own file only when `model_spec` (their
-    command line's --model FILE.py:FUNCTION) names it, with the SHA-256 the run recorded: a
-    path in a run folder's metadata is never run on its own say-so."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+    """The run's trained model and the metadata saved beside its weights (inference.rebuild:
+    a model of the user's own file only when `model_spec` names it)."""
+    from convscope.inference import rebuild
 
-    from convscope.models import model_from_metadata, simple_cnn_from_metadata
-
-    path = Path(run_dir) / run_folder.MODEL
-    if not path.is_file():
+    if not (Path(run_dir) / run_folder.MODEL).is_file():
         raise UsageError(f"{run_dir}: no model.safetensors; expected the folder of a finished "
                          f"`convscope train` run")
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-        state = load_file(path)
-    except Exception as e:  # safetensors' own error type for a damaged file
-        raise UsageError(f"{path}: cannot be read (truncated or corrupt?): {e}") from None
-    recorded = meta.get("model", "")
-    try:
-        if recorded in ("simple_cnn", "book_first"):
-            model = simple_cnn_from_metadata(meta)
-        elif model_spec is None:
-            raise UsageError(f"the run was trained with your model {recorded!r}; explore runs "
-                             f"it only when you name it: add --model {recorded}")
-        else:
-            spec = str(Path(model_spec.rpartition(":")[0]).resolve()) + ":" + \
-                model_spec.rpartition(":")[2]
-            if spec != recorded:
-                raise UsageError(f"--model {model_spec} is not the model the run recorded "
-                                 f"({recorded!r})")
-            model = model_from_metadata(meta)  # checks the file's SHA-256
-        model.load_state_dict(state)
-    except UsageError as e:
-        raise UsageError(f"{path}: {e}") from None
-    except RuntimeError as e:  # weights of other shapes than the metadata says
-        raise UsageError(f"{path}: its weights do not fit the model its metadata describes: "
-                         f"{str(e).splitlines()[0]}") from None
-    return model.eval(), meta
+    return rebuild(run_dir, model_spec, who="explore")
 
 
 def class_names(meta: dict[str, str], path: str | Path) -> list[str]:

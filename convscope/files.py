@@ -55,10 +55,11 @@ def read_safetensors(path: str | Path, fmt: str, what: str) -> tuple[dict, dict[
     return read_safetensors_bytes(path.read_bytes(), str(path), fmt, what)
 
 
-def read_safetensors_bytes(data: bytes, name: str, fmt: str,
-                           what: str) -> tuple[dict, dict[str, str]]:
+def read_safetensors_bytes(data: bytes, name: str, fmt: str, what: str,
+                           unnamed: bool = False) -> tuple[dict, dict[str, str]]:
     """`read_safetensors` of a file's bytes (read here, or received from another process),
-    `name` naming it in messages."""
+    `name` naming it in messages; `unnamed`: a file that names no format is taken too (one
+    written before its format was named)."""
     import json
 
     from safetensors.torch import load
@@ -66,7 +67,7 @@ def read_safetensors_bytes(data: bytes, name: str, fmt: str,
     try:
         size = int.from_bytes(data[:8], "little")
         meta = json.loads(data[8:8 + size]).get("__metadata__") or {}
-        if meta.get("format") != fmt:
+        if meta.get("format") != fmt and not (unnamed and "format" not in meta):
             raise UsageError(f"{name}: not {what} (its metadata names format "
                              f"{meta.get('format')!r}, expected {fmt!r}).")
         return load(data), meta

@@ -169,7 +169,7 @@ def export(learn, path: str | Path) -> Path:
 def read_export(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
     """The weights and metadata of an export (or a run folder's model.safetensors), checked:
     a missing, damaged, foreign or newer file is one UsageError."""
-    from safetensors.torch import load
+    from convscope.files import read_safetensors_bytes
 
     path = Path(path)
     if path.is_dir():
@@ -177,17 +177,13 @@ def read_export(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
     if not path.is_file():
         raise UsageError(f"{str(path)!r}: no such file; expected a run folder or a file "
                          f"written by learn.export")
-    try:
-        data = path.read_bytes()
-        state = load(data)
-        header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
-        meta = header.get("__metadata__") or {}
-    except Exception as e:  # safetensors' own error type for a damaged file
-        raise UsageError(f"{path}: cannot be read (truncated or corrupt?): {e}") from None
+    # run folders written before exports named their format are read as exports too
+    state, meta = read_safetensors_bytes(path.read_bytes(), str(path), FORMAT,
+                                         "a convscope export", unnamed=True)
     version = meta.get("version", "1")
-    if meta.get("format", FORMAT) != FORMAT or not version.isdigit():
-        raise UsageError(f"{path}: not a convscope export (format {meta.get('format')!r}, "
-                         f"version {version!r})")
+    if not version.isdigit():
+        raise UsageError(f"{path}: export format version {version!r}, expected a whole "
+                         f"number")
     if int(version) > VERSION:
         raise UsageError(f"{path}: export format version {version} is newer than this "
                          f"convscope reads ({VERSION}); upgrade convscope")
@@ -202,37 +198,64 @@ def read_export(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
             raise ValueError("input_shape, classes, mean or std of the wrong shape")
     except (KeyError, ValueError, TypeError) as e:
         raise UsageError(f"{path}: its metadata does not say how to feed the model: "
-                         f"{e}") from None
+                         f"expected input_shape [C, H, W], classes a list of names, and a "
+                         f"mean and std per channel ({e}). Received: input_shape="
+                         f"{meta.get('input_shape')!r}, classes={meta.get('classes')!r}, "
+                         f"mean={meta.get('mean')!r}, std={meta.get('std')!r}") from None
     return state, meta
 
 
-def load_learner(path: str | Path, model: Callable[[int, int], nn.Module] | None = None,
+def rebuild(path: str | Path, model: Callable[[int, int], nn.Module] | str | None = None,
+            who: str = "convscope") -> tuple[nn.Module, dict[str, str]]:
+    """The trained model an export (or a run folder) holds, and its metadata. simple_cnn and
+    book_first are rebuilt from the metadata; any other model only from what the caller
+    names: a function (in_channels, n_classes) -> nn.Module, or "FILE.py:FUNCTION" (a
+    command line's --model), which must be the one the run recorded, file SHA-256 included.
+    A path in a file's metadata is never run on its own say-so. `who`: the command, for
+    messages."""
+    from convscope.models import model_from_metadata, simple_cnn_from_metadata
+
+    state, meta = read_export(path)
+    path = Path(path) / "model.safetensors" if Path(path).is_dir() else Path(path)
+    shape = json.loads(meta["input_shape"])
+    named = meta.get("model", "")
+    try:
+        if callable(model):
+            built = model(shape[0], len(json.loads(meta["classes"])))
+        elif named in BUILT_IN:
+            built = simple_cnn_from_metadata(meta)
+        elif model is None:
+            raise UsageError(f"the run was trained with your model {named!r}, which {who} "
+                             f"does not build on a file's say-so; {who} runs it only when you "
+                             f"name it: add --model {named} (in Python: load_learner(path, "
+                             f"model=your_function))")
+        else:
+            file, _, fn = model.rpartition(":")
+            if f"{Path(file).resolve()}:{fn}" != named:
+                raise UsageError(f"--model {model} is not the model the run recorded "
+                                 f"({named!r})")
+            built = model_from_metadata(meta)  # checks the file's SHA-256
+        built.load_state_dict(state)
+    except UsageError as e:
+        raise UsageError(f"{path}: {e}") from None
+    except RuntimeError as e:  # weights of other shapes than the metadata says
+        raise UsageError(f"{path}: its weights do not fit the model its metadata describes: "
+                         f"{str(e).splitlines()[0]}") from None
+    return built.eval(), meta
+
+
+def load_learner(path: str | Path, model: Callable[[int, int], nn.Module] | str | None = None,
                  device: str = "cpu"):
     """A learner for inference from an export or a run folder: `predict`, `get_preds` on
-    your own loader, `export` again. A built-in model is rebuilt from the file's metadata; any
-    other only by `model`, a function (in_channels, n_classes) -> nn.Module of yours: the file
-    can name a constructor, but nothing it names is run."""
+    your own loader, `export` again. `model`: see `rebuild` (needed for any model but
+    simple_cnn and book_first)."""
     from convscope.config import resolve_device
     from convscope.data import DataLoader, DataLoaders
     from convscope.learner import Learner
-    from convscope.models import simple_cnn_from_metadata
 
-    state, meta = read_export(path)
+    built, meta = rebuild(path, model)
     shape = tuple(json.loads(meta["input_shape"]))
     classes = json.loads(meta["classes"])
-    named = meta.get("model", "")
-    if model is not None:
-        built = model(shape[0], len(classes))
-    elif named in BUILT_IN:
-        built = simple_cnn_from_metadata(meta)
-    else:
-        raise UsageError(f"{path}: names the model {named!r}, which convscope does not build "
-                         f"on a file's say-so; pass it: load_learner(path, model=your_function)")
-    try:
-        built.load_state_dict(state)
-    except RuntimeError as e:
-        raise UsageError(f"{path}: its weights do not fit the model: "
-                         f"{str(e).splitlines()[0]}") from None
     # no images: loaders that hold the shape, the classes and the normalisation predict uses
     dev = resolve_device(device)
     empty = torch.zeros((0, *shape), dtype=torch.uint8, device=dev)
