@@ -617,10 +617,31 @@ class DataLoader:
         return batch
 
 
+STATS_AT_ONCE = 64 << 20  # values
+
+
 def channel_stats(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-channel mean and std of uint8 images (N, C, H, W), in 0..1 units."""
-    xf = x.float()
-    return xf.mean(dim=(0, 2, 3)) / 255, xf.std(dim=(0, 2, 3)).clamp_min(1e-3) / 255
+    """Per-channel mean and std of uint8 images (N, C, H, W), in 0..1 units.
+
+    A set of up to 64 MB is taken as floats at once (MNIST's statistics, and so every
+    figure pinned to them, come from that); a larger one in chunks, summed in float64, so
+    the statistics never hold a float copy of the set: four times its uint8 size."""
+    if x.numel() <= STATS_AT_ONCE:
+        xf = x.float()
+        return xf.mean(dim=(0, 2, 3)) / 255, xf.std(dim=(0, 2, 3)).clamp_min(1e-3) / 255
+    c = x.shape[1]
+    total = torch.zeros(c, dtype=torch.float64)
+    squares = torch.zeros(c, dtype=torch.float64)
+    chunk = max(1, (16 << 20) // max(1, x[0].numel()))
+    for first in range(0, len(x), chunk):
+        xb = x[first:first + chunk].to(torch.float64)
+        total += xb.sum(dim=(0, 2, 3))
+        squares += xb.square().sum(dim=(0, 2, 3))
+    n = x.numel() // c
+    mean = total / n
+    var = (squares - n * mean.square()) / max(1, n - 1)
+    std = var.clamp_min(0).sqrt()
+    return (mean / 255).float(), (std.clamp_min(1e-3) / 255).float()
 
 
 class DataLoaders:

@@ -1,32 +1,42 @@
-"""Image folders: a user's own images, one folder per class, as the same in-memory ImageData
-that MNIST gives, so DataLoaders, Learner and the CLI work on them unchanged.
+"""Image folders: a user's own images, one folder per class, as the same ImageData that MNIST
+gives, so DataLoaders, Learner and the CLI work on them unchanged.
 
 Two layouts are understood:
     DIR/train/<class>/*.png and DIR/valid/<class>/*.png (or DIR/test/...)
     DIR/<class>/*.png, split into train and valid by a seeded random fraction.
-Every image is decoded once, converted to one mode for the whole set (grayscale when every
-image is, RGB otherwise: palette, RGBA and CMYK included; 16-bit grayscale scaled to 0..255 by
-its depth) and resized (squashed) to size x size. The decoded set is cached as a memory-mapped
-uint8 .npy keyed by the file list, sizes and modification times and the settings, so later
-epochs and later runs do not decode again, and a changed file gets a new cache. A cache file
-that cannot be read whole is decoded again and rewritten; a cache folder that cannot be
-written is done without.
-"""
+Every image is decoded once, on every core (convscope/decode.py), converted to one mode for
+the whole set (grayscale when every image is, RGB otherwise: palette, RGBA and CMYK included;
+16-bit grayscale scaled to 0..255 by its depth) and resized (squashed) to size x size. The
+decoded set is cached as a uint8 .npy, a row per file in file order, keyed by the file list,
+sizes and modification times and the settings, so later runs do not decode again, and a
+changed file gets a new cache. A cache file that cannot be read whole is decoded again and
+rewritten; a cache folder that cannot be written is done without.
+
+Memory: the set is held once, as uint8. It is decoded into one buffer and put in split order
+(train, then valid) in place; a cached set is read into its place in split order with file
+reads. A set larger than half the memory available is not held at all: it is decoded straight
+into the cache file and trained on from the memory-mapped file (a split that does not follow
+file order is written once more, in split order, beside it)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from convscope.data import GREY_MODES, ImageData, cache_dir, to_8bit
+from convscope.data import GREY_MODES, ImageData, cache_dir
+from convscope.decode import decode_into, shared_buffer
 from convscope.errors import UsageError
 from convscope.files import atomic_write, atomic_write_bytes
+from convscope.task_bar import TaskBar
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 VALID_NAMES = ("valid", "val", "test")
@@ -104,24 +114,6 @@ def find_layout(root: Path) -> tuple[dict[str, list[Path]], dict[str, list[Path]
     return train, valid
 
 
-def _decode(path: Path, size: int, mode: str) -> np.ndarray | str:
-    """The image as uint8 (size, size) or (size, size, 3), or an error message."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            im = to_8bit(im).convert(mode)  # 16-bit greyscale scaled, not clipped at 255
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.Resampling.BILINEAR)
-            return np.asarray(im, dtype=np.uint8)
-    except Image.DecompressionBombError as e:
-        return f"refused, too many pixels (a decompression bomb?): {e}"
-    except UsageError as e:  # a mode with no 8-bit mapping
-        return str(e)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        return f"cannot be read as an image: {e}"
-
-
 def _probe_mode(files: list[Path]) -> str:
     """'L' when every image is grayscale, else 'RGB' (reads headers only)."""
     from PIL import Image
@@ -138,77 +130,239 @@ def _probe_mode(files: list[Path]) -> str:
 
 def _cache_key(files: list[Path], size: int, mode: str, skip_bad: bool) -> str:
     h = hashlib.sha256()
-    # v2: 16-bit greyscale is scaled by its depth (v1 clipped it at 255), so v1 sets go
-    h.update(json.dumps({"size": size, "mode": mode, "skip_bad": skip_bad, "v": 2}).encode())
+    # v3: a row per file, bad files' rows left zero (v2 held the good ones only)
+    h.update(json.dumps({"size": size, "mode": mode, "skip_bad": skip_bad, "v": 3}).encode())
     for f in files:
         st = f.stat()
         h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:32]
 
 
-def decode_all(files: list[Path], size: int, mode: str, skip_bad: bool = False,
-               cache: Path | None = None) -> tuple[np.ndarray, list[int], list[str]]:
-    """Decode `files` into one uint8 array (N, C, size, size), through the cache.
+def available_memory() -> int:
+    """Bytes this machine can give a new allocation without swapping (Linux's MemAvailable),
+    or its physical memory where that is not known."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62
 
-    Returns:
-        the images, the indices of `files` they came from, and the bad files' messages.
+
+def _mib(n_bytes: int) -> str:
+    return f"{n_bytes / 2**20:,.0f} MB" if n_bytes >= 2**20 else f"{n_bytes / 1024:,.0f} kB"
+
+
+class _Decoded:
+    """The decoded set in file order, a row per file (a bad file's row is zero): in memory,
+    or a memory-mapped cache file. `path` and `offset` say where its rows lie on disk."""
+
+    def __init__(self, x: np.ndarray, kept: list[int], bad: list[str], path: Path | None,
+                 offset: int = 0, in_ram: bool = True) -> None:
+        self.x, self.kept, self.bad, self.path, self.offset = x, kept, bad, path, offset
+        self.in_ram = in_ram
+        self.failed: list[tuple[int, str]] = []  # (file index, message) of a fresh decode
+
+
+def decode_all(files: list[Path], size: int, mode: str, skip_bad: bool = False,
+               cache: Path | None = None, stream: bool = False,
+               log: Callable[[str], None] | None = None) -> _Decoded:
+    """Decode `files` (a row each, uint8 (C, size, size)) through the cache.
+
+    A cached set is returned memory-mapped (nothing read yet). Otherwise every file is
+    decoded on every core into memory, or, with `stream`, straight into the cache file, and
+    the cache is written.
     Raises:
-        ValueError: some files are bad and `skip_bad` is False (all are listed).
+        UsageError: some files are bad and `skip_bad` is False (all are listed).
     """
+    shape = (len(files), 1 if mode == "L" else 3, size, size)
     key = _cache_key(files, size, mode, skip_bad)
+    x_path = meta_path = None
     if cache is not None:
         x_path, meta_path = cache / f"{key}.npy", cache / f"{key}.json"
-        hit = _read_cache(x_path, meta_path, (1 if mode == "L" else 3, size, size), len(files))
+        hit = _read_cache(x_path, meta_path, shape)
         if hit is not None:
+            if log is not None:
+                log(f"image cache: read {len(hit.kept):,} decoded images of {size}x{size} from "
+                    f"{x_path} ({_mib(x_path.stat().st_size)})")
             return hit
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        decoded = list(pool.map(lambda f: _decode(f, size, mode), files))
-    bad = [f"{f}: {d}" for f, d in zip(files, decoded, strict=True) if isinstance(d, str)]
+    if stream and cache is None:
+        raise UsageError(f"{len(files):,} images of {size}x{size} need {_mib(int(np.prod(shape)))}"
+                         f", more than half the memory available ({_mib(available_memory())}); "
+                         f"such a set is streamed from its decoded cache, which needs a cache "
+                         f"folder. Received: cache=None. Expected a writable cache folder.")
+    start = time.monotonic()
+    with TaskBar(f"decoding {len(files):,} images", len(files)) as bar:
+        if stream:
+            decoded = _decode_to_file(files, shape, mode, x_path, bar.update)
+        else:
+            x = shared_buffer(shape)
+            decoded = _Decoded(x, [], [], None)
+            decoded.failed = decode_into(x, files, size, mode, bar.update)
+    failed = decoded.failed
+    bad = [f"{files[i]}: {message}" for i, message in failed]
     if bad and not skip_bad:
+        if stream:
+            x_path.unlink(missing_ok=True)
         shown = "; ".join(bad[:10]) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
         raise UsageError(f"{len(bad)} bad image file(s): {shown}. Fix or remove them, or skip "
                          f"them (--skip-bad).")
-    kept = [i for i, d in enumerate(decoded) if not isinstance(d, str)]
-    if not kept:
+    failed_rows = {i for i, _ in failed}
+    decoded.kept = [i for i in range(len(files)) if i not in failed_rows]
+    decoded.bad = bad
+    if not decoded.kept:
         raise UsageError(f"None of the {len(files)} image files could be read.")
-    arrays = [decoded[i] for i in kept]
-    x = np.stack(arrays)  # (N, H, W) or (N, H, W, 3)
-    x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)  # (N, C, H, W)
-    x = np.ascontiguousarray(x)
+    seconds = time.monotonic() - start
+    where = ""
     if cache is not None:
         try:
             cache.mkdir(parents=True, exist_ok=True)
-            atomic_write(x_path, lambda f: np.save(f, x))
-            atomic_write_bytes(meta_path, json.dumps({"kept": kept, "bad": bad}).encode())
-        except OSError:  # read-only, full, or not a folder: the cache only saves a decode
-            return x, kept, bad
-        x = np.load(x_path, mmap_mode="r")
-    return x, kept, bad
+            if not stream:
+                atomic_write(x_path, lambda f: np.save(f, decoded.x))
+            atomic_write_bytes(meta_path, json.dumps({"kept": decoded.kept, "bad": bad}).encode())
+            where = f"; cached in {x_path} ({_mib(x_path.stat().st_size)})"
+        except OSError as e:  # read-only, full, or not a folder: the cache only saves a decode
+            if stream:
+                raise
+            where = f"; not cached ({e.strerror or e})"
+    if log is not None and (seconds > 1 or cache is not None):
+        skipped = f" ({len(bad)} unreadable, left out)" if bad else ""
+        log(f"image cache: decoded {len(decoded.kept):,} images{skipped} to {size}x{size} in "
+            f"{seconds:.1f} s{where}")
+    return decoded
 
 
-def _read_cache(x_path: Path, meta_path: Path, image_shape: tuple[int, int, int],
-                n_files: int) -> tuple[np.ndarray, list[int], list[str]] | None:
-    """The cached images, kept indices and messages of `decode_all`, or None when the cache
-    lacks them or holds files that cannot be read whole (cut off by a full disk or a killed
-    copy) or that do not fit this file list: the caller decodes again and rewrites them."""
+def _decode_to_file(files: list[Path], shape: tuple[int, ...], mode: str, x_path: Path,
+                    progress: Callable[[int], None]) -> _Decoded:
+    """Decode straight into the cache file (through a temporary name, renamed when whole),
+    for a set too large to hold in memory; returned memory-mapped."""
+    x_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=x_path.parent, prefix=f".{x_path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        x = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        failed = decode_into(x, files, shape[-1], mode, progress)
+        x.flush()
+        offset = x.offset
+        del x
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, x_path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    decoded = _Decoded(np.load(x_path, mmap_mode="c"), [], [], x_path, offset, in_ram=False)
+    decoded.failed = failed
+    return decoded
+
+
+def _read_cache(x_path: Path, meta_path: Path, shape: tuple[int, ...]) -> _Decoded | None:
+    """The cached set, memory-mapped, or None when the cache lacks it or holds files that
+    cannot be read whole (cut off by a full disk or a killed copy) or that do not fit this
+    file list: the caller decodes again and rewrites them."""
     if not (x_path.is_file() and meta_path.is_file()):
         return None
     try:
         meta = json.loads(meta_path.read_text())
         kept, bad = meta["kept"], meta["bad"]
-        x = np.load(x_path, mmap_mode="r")
+        x = np.load(x_path, mmap_mode="c")
         whole = x_path.stat().st_size == x.offset + x.nbytes
     except (OSError, ValueError, KeyError, TypeError, EOFError):
         return None
     if (whole and isinstance(kept, list) and isinstance(bad, list) and x.dtype == np.uint8
-            and x.shape == (len(kept), *image_shape)
-            and all(isinstance(i, int) and 0 <= i < n_files for i in kept)):
-        return x, kept, bad
+            and x.shape == shape and kept
+            and all(isinstance(i, int) and 0 <= i < shape[0] for i in kept)):
+        return _Decoded(x, kept, bad, x_path, x.offset, in_ram=False)
     return None
 
 
+def _gather_in_place(x: np.ndarray, rows: np.ndarray) -> None:
+    """x[:len(rows)] = x[rows] without a second copy of x: the permutation that `rows`
+    begins (the other rows follow it in order) applied cycle by cycle, a row of scratch."""
+    n = len(x)
+    rest = np.setdiff1d(np.arange(n), rows, assume_unique=True)
+    perm = np.concatenate([rows, rest]).tolist()
+    if perm == list(range(n)):
+        return
+    done = bytearray(n)
+    for start in range(n):
+        if done[start] or perm[start] == start:
+            continue
+        saved = x[start].copy()
+        k = start
+        while True:
+            done[k] = 1
+            src = perm[k]
+            if src == start:
+                x[k] = saved
+                break
+            x[k] = x[src]
+            k = src
+
+
+def _read_rows(decoded: _Decoded, rows: np.ndarray) -> np.ndarray:
+    """decoded.x[rows] read into memory with plain file reads, chunk by chunk, so the file's
+    pages are never mapped into this process beside the copy."""
+    row_bytes = int(np.prod(decoded.x.shape[1:]))
+    out = np.empty((len(rows), *decoded.x.shape[1:]), dtype=np.uint8)
+    where = np.full(len(decoded.x), -1, dtype=np.int64)
+    where[rows] = np.arange(len(rows))
+    chunk = max(1, (32 << 20) // row_bytes)
+    scratch = np.empty((chunk, *decoded.x.shape[1:]), dtype=np.uint8)
+    with open(decoded.path, "rb") as f:
+        for first in range(0, len(decoded.x), chunk):
+            n = min(chunk, len(decoded.x) - first)
+            to = where[first:first + n]
+            if (to < 0).all():
+                continue
+            f.seek(decoded.offset + first * row_bytes)
+            view = memoryview(scratch[:n]).cast("B")
+            got = f.readinto(view)
+            if got != n * row_bytes:
+                raise OSError(f"{decoded.path}: cut off while being read")
+            mine = to >= 0
+            out[to[mine]] = scratch[:n][mine]
+    return out
+
+
+def _split_file(decoded: _Decoded, rows: np.ndarray, name: str) -> np.ndarray:
+    """decoded.x[rows] as a second memory-mapped cache file, for a streamed set whose split
+    does not follow file order; written once per split, through a temporary name."""
+    path = decoded.path.with_name(f"{decoded.path.stem}-{name}.npy")
+    if path.is_file():
+        try:
+            x = np.load(path, mmap_mode="c")
+            if x.shape == (len(rows), *decoded.x.shape[1:]) and (
+                    path.stat().st_size == x.offset + x.nbytes):
+                return x
+        except (OSError, ValueError, EOFError):
+            pass
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
+                                        shape=(len(rows), *decoded.x.shape[1:]))
+        chunk = max(1, (32 << 20) // int(np.prod(decoded.x.shape[1:])))
+        for first in range(0, len(rows), chunk):
+            out[first:first + chunk] = decoded.x[rows[first:first + chunk]]
+        out.flush()
+        del out
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return np.load(path, mmap_mode="c")
+
+
 def image_folder(path: str | Path, size: int = 28, valid_pct: float = 0.2, seed: int = 0,
-                 skip_bad: bool = False, cache: str | Path | None = "default") -> ImageData:
+                 skip_bad: bool = False, cache: str | Path | None = "default",
+                 in_memory: bool | None = None,
+                 log: Callable[[str], None] | None = print) -> ImageData:
     """Load a folder of images, one subfolder per class, as uint8 (N, C, size, size).
 
     Args:
@@ -219,6 +373,10 @@ def image_folder(path: str | Path, size: int = 28, valid_pct: float = 0.2, seed:
         skip_bad: leave out files that cannot be decoded (they are listed in `data.skipped`)
             instead of stopping with the list of them.
         cache: folder for the decoded cache; "default" is cache_dir()/images, None disables.
+        in_memory: hold the decoded set in memory (True), or stream it from the memory-mapped
+            cache (False); None holds it in memory when it takes at most half the memory
+            available.
+        log: where the line about the cache (used, or written) goes; None for silence.
 
     >>> # image_folder("pets/", size=64).x_train.shape -> (N, 3, 64, 64)
     """
@@ -237,24 +395,45 @@ def image_folder(path: str | Path, size: int = 28, valid_pct: float = 0.2, seed:
 
     files_t, labels_t = flatten(train)
     files_v, labels_v = flatten(valid) if valid is not None else ([], [])
-    mode = _probe_mode(files_t + files_v)
+    files = files_t + files_v
+    mode = _probe_mode(files)
     cache_path = (cache_dir() / "images") if cache == "default" else (
         Path(cache) if cache is not None else None)
-    x, kept, bad = decode_all(files_t + files_v, size, mode, skip_bad, cache_path)
-    labels = np.array(labels_t + labels_v, dtype=np.int64)[kept]
-    is_train = np.array([i < len(files_t) for i in kept])
-    x_all = torch.from_numpy(np.array(x))  # copy out of the memory map into RAM
-    y_all = torch.from_numpy(labels)
+    n_bytes = len(files) * (1 if mode == "L" else 3) * size * size
+    stream = (n_bytes > available_memory() // 2) if in_memory is None else not in_memory
+    decoded = decode_all(files, size, mode, skip_bad, cache_path, stream, log)
+    kept = np.array(decoded.kept, dtype=np.int64)
+    labels = np.array(labels_t + labels_v, dtype=np.int64)
     if valid is not None:
-        t, v = torch.from_numpy(is_train), torch.from_numpy(~is_train)
-        data = ImageData(x_all[t], y_all[t], x_all[v], y_all[v], classes, str(root))
+        rows_t, rows_v = kept[kept < len(files_t)], kept[kept >= len(files_t)]
+        split_name = None
     else:  # one pool of images: hold out a seeded random share as the valid set
-        data = ImageData(x_all, y_all, x_all[:0], y_all[:0], classes, str(root))
-        data = data.split(valid_pct, seed=seed)
-    if len(data.y_train) == 0 or len(data.y_valid) == 0:
-        raise UsageError(f"{root}: after the split, train has {len(data.y_train)} and valid "
-                         f"{len(data.y_valid)} images; both need at least one.")
-    data.skipped = bad
+        g = torch.Generator().manual_seed(seed)
+        perm = torch.randperm(len(kept), generator=g).numpy()
+        n_valid = int(round(valid_pct * len(perm)))
+        rows_t, rows_v = kept[perm[n_valid:]], kept[perm[:n_valid]]
+        split_name = f"split-{valid_pct:g}-{seed}"
+    if len(rows_t) == 0 or len(rows_v) == 0:
+        raise UsageError(f"{root}: after the split, train has {len(rows_t)} and valid "
+                         f"{len(rows_v)} images; both need at least one.")
+    rows = np.concatenate([rows_t, rows_v])
+    if decoded.in_ram:
+        _gather_in_place(decoded.x, rows)
+        x = decoded.x[:len(rows)]
+    elif not stream:
+        x = _read_rows(decoded, rows)
+    elif np.array_equal(rows, np.arange(len(decoded.x))):
+        x = decoded.x
+    else:
+        x = _split_file(decoded, rows, split_name or "kept")
+    with warnings.catch_warnings():  # a copy-on-write map: torch is told it is writable
+        warnings.simplefilter("ignore", UserWarning)
+        x_all = torch.from_numpy(x)
+    y_all = torch.from_numpy(labels[rows])
+    nt = len(rows_t)
+    source = str(root) if valid is not None else f"{root} (held-out {valid_pct:.0%} of train)"
+    data = ImageData(x_all[:nt], y_all[:nt], x_all[nt:], y_all[nt:], classes, source)
+    data.skipped = decoded.bad
     return data
 
 

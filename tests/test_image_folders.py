@@ -1,4 +1,6 @@
+import io
 import os
+import re
 import struct
 import zlib
 
@@ -8,7 +10,7 @@ import torch
 from conftest import cli_error
 from PIL import Image
 
-from convscope import image_folders as imf
+from convscope import decode
 from convscope.callbacks.augment import random_crop, random_flip
 from convscope.cli import main
 from convscope.image_folders import image_folder
@@ -104,7 +106,7 @@ def test_cache_skips_decoding_and_is_rebuilt_when_a_file_changes(tmp_path, monke
     def no_decoding(*args):
         raise AssertionError("decoded again despite the cache")
 
-    monkeypatch.setattr(imf, "_decode", no_decoding)
+    monkeypatch.setattr(decode, "decode_one", no_decoding)
     again = image_folder(root, size=8, cache=cache)
     assert torch.equal(first.x_train, again.x_train)
     monkeypatch.undo()
@@ -195,3 +197,109 @@ def test_a_class_folder_linked_into_another_split_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"valid/cat -> .*train/cat \(overlaps the class "
                                          r"folder .*train/cat\)"):
         image_folder(root, cache=None)
+
+
+def many_images(root, n=300, size=(9, 7)):
+    """`n` small images over three classes, each image its own colour, two of them bad."""
+    for i in range(n):
+        d = root / ("abc"[i % 3])
+        d.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", size, (i % 256, (7 * i) % 256, 255 - i % 256)).save(d / f"{i:04}.png")
+    (root / "a" / "0500-bad.png").write_bytes(b"not an image")
+    (root / "c" / "0501-bad.png").write_bytes(b"\x89PNG\r\n\x1a\ncut")
+    return root
+
+
+def test_forked_decoding_equals_serial_and_names_bad_files_in_order(tmp_path, monkeypatch):
+    root = many_images(tmp_path / "m")
+    files = sorted(root.rglob("*.png"))
+    out = decode.shared_buffer((len(files), 3, 8, 8))
+    seen = []
+    failed = decode.decode_into(out, files, 8, "RGB", progress=seen.append)
+    monkeypatch.setattr(decode, "_FORK_FROM", 10**9)
+    serial = np.zeros_like(out)
+    assert decode.decode_into(serial, files, 8, "RGB") == failed
+    assert [files[i].name for i, _ in failed] == ["0500-bad.png", "0501-bad.png"]
+    assert np.array_equal(out, serial) and out.any()
+    assert seen[-1] == len(files)
+
+
+def test_a_decoding_copy_that_dies_leaves_its_share_to_the_parent(tmp_path, monkeypatch):
+    files = sorted(many_images(tmp_path / "m").rglob("*.png"))
+    want = np.zeros((len(files), 3, 8, 8), np.uint8)
+    monkeypatch.setattr(decode, "_FORK_FROM", 10**9)
+    want_failed = decode.decode_into(want, files, 8, "RGB")
+    monkeypatch.undo()
+    monkeypatch.setattr(decode, "_in_copy", lambda *args: os._exit(3))
+    out = decode.shared_buffer(want.shape)
+    assert decode.decode_into(out, files, 8, "RGB") == want_failed
+    assert np.array_equal(out, want)
+
+
+@pytest.mark.parametrize("layout", ["split", "flat"])
+def test_cached_and_streamed_sets_equal_a_fresh_decode(tmp_path, layout):
+    root = make_folder(tmp_path / "d", layout=layout, n=6)
+    (root / ("train/dog" if layout == "split" else "dog") / "bad.png").write_bytes(b"no")
+    fresh = image_folder(root, size=8, skip_bad=True, cache=None)
+    lines = []
+    first = image_folder(root, size=8, skip_bad=True, cache=tmp_path / "c", log=lines.append)
+    again = image_folder(root, size=8, skip_bad=True, cache=tmp_path / "c", log=lines.append)
+    streamed = image_folder(root, size=8, skip_bad=True, cache=tmp_path / "c", in_memory=False)
+    for data in (first, again, streamed):
+        for name in ("x_train", "y_train", "x_valid", "y_valid"):
+            assert torch.equal(getattr(data, name), getattr(fresh, name)), name
+        assert len(data.skipped) == 1
+    assert re.fullmatch(r"image cache: decoded 24 images \(1 unreadable, left out\) to 8x8 in "
+                        r"\d+\.\d s; cached in .*\.npy \(\d+ kB\)", lines[0]), lines[0]
+    assert re.fullmatch(r"image cache: read 24 decoded images of 8x8 from .*\.npy \(\d+ kB\)",
+                        lines[1]), lines[1]
+
+
+def test_a_streamed_set_is_trained_from_the_memory_mapped_cache(tmp_path):
+    from convscope.data import DataLoaders
+
+    root = make_folder(tmp_path / "d", layout="flat", n=10)
+    data = image_folder(root, size=8, cache=tmp_path / "c", in_memory=False, log=None)
+    # the split does not follow file order: a second file holds the set in split order
+    assert sorted(p.name.endswith("-split-0.2-0.npy") for p in (tmp_path / "c").glob("*.npy")) \
+        == [False, True]
+    storage = data.x_train.untyped_storage()
+    assert storage.data_ptr() == data.x_valid.untyped_storage().data_ptr()
+    xb, yb = DataLoaders.from_data(data, bs=4).train.one_batch()
+    assert xb.shape == (4, 3, 8, 8) and xb.dtype == torch.float32
+
+
+def test_streaming_without_a_cache_folder_says_what_it_needs(tmp_path):
+    root = make_folder(tmp_path / "d")
+    with pytest.raises(ValueError, match=r"streamed from its decoded cache, which needs a "
+                                         r"cache folder\. Received: cache=None"):
+        image_folder(root, size=8, cache=None, in_memory=False)
+
+
+def test_channel_stats_in_chunks_equal_the_stats_at_once(monkeypatch):
+    from convscope import data as data_mod
+
+    x = torch.randint(0, 256, (50, 3, 16, 16), dtype=torch.uint8)
+    whole = data_mod.channel_stats(x)
+    monkeypatch.setattr(data_mod, "STATS_AT_ONCE", 100)
+    chunked = data_mod.channel_stats(x)
+    for a, b in zip(whole, chunked, strict=True):
+        assert torch.allclose(a, b, rtol=1e-5)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_task_bar_stays_hidden_for_a_quick_task_and_draws_on_a_terminal():
+    from convscope.task_bar import TaskBar
+
+    quick = _Terminal()
+    with TaskBar("decoding 10 images", 10, delay=60, file=quick) as bar:
+        bar.update(10)
+    assert quick.getvalue() == ""
+    slow = _Terminal()
+    with TaskBar("decoding 10 images", 10, delay=0, file=slow) as bar:
+        bar.update(4)
+    assert "decoding 10 images" in slow.getvalue()

@@ -107,7 +107,7 @@ def test_a_run_folder_from_before_a_setting_resumes_as_it_was_trained(tmp_path):
 
 
 def test_ctrl_c_while_loading_data_leaves_nothing_and_says_so(tmp_path, monkeypatch, capsys):
-    def interrupted(cfg):
+    def interrupted(cfg, log=None):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(train, "load_data", interrupted)
@@ -177,7 +177,7 @@ def test_data_paths_are_never_misread(tmp_path, capsys):
 
 
 def test_a_bug_keeps_its_traceback_and_debug_shows_every_one(tmp_path, monkeypatch, capsys):
-    def bug(cfg):
+    def bug(cfg, log=None):
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(train, "load_data", bug)

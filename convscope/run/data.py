@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from convscope.config import TrainConfig
@@ -36,8 +37,9 @@ def check_data(data: str | None) -> str:
                      f"images")
 
 
-def load_data(cfg: TrainConfig) -> ImageData:
-    """The dataset named by the config, subset or split as asked.
+def load_data(cfg: TrainConfig, log: Callable[[str], None] | None = print) -> ImageData:
+    """The dataset named by the config, subset or split as asked; `log` gets an image
+    folder's line about its cache.
 
     An image folder without a valid split is split by valid_pct (default 0.2); any other
     dataset holds out valid_pct of its training set only when valid_pct is given."""
@@ -45,7 +47,7 @@ def load_data(cfg: TrainConfig) -> ImageData:
     if kind == "images":
         has_valid = valid_dir(Path(cfg.data)) is not None
         data = image_folder(cfg.data, size=cfg.size, valid_pct=cfg.valid_pct or 0.2,
-                            seed=cfg.seed, skip_bad=cfg.skip_bad)
+                            seed=cfg.seed, skip_bad=cfg.skip_bad, log=log)
         if has_valid and cfg.valid_pct:
             data = data.split(cfg.valid_pct, seed=cfg.seed)
     else:

@@ -174,7 +174,7 @@ class _Job:
 
     def _train(self) -> TrainResult:
         cfg, log = self.cfg, self.log
-        data = load_data(cfg)
+        data = load_data(cfg, log=log if self.main else None)
         self.phase = "training"
         recipe = RECIPES[cfg.recipe]
         log(f"recipe: {cfg.recipe}, {recipe.summary}" + _overrides(cfg))
