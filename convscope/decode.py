@@ -37,13 +37,15 @@ _FORK_FROM = 256
 _PUBLISH_EVERY = 32
 
 
-def decode_one(path: Path, size: int, mode: str) -> np.ndarray | str:
+def decode_one(path: str | Path, size: int, mode: str) -> np.ndarray | str:
     """The image as uint8 (size, size) or (size, size, 3), or an error message."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
-            im = to_8bit(im).convert(mode)  # 16-bit greyscale scaled, not clipped at 255
+            im = to_8bit(im)  # 16-bit greyscale scaled, not clipped at 255
+            if im.mode != mode:
+                im = im.convert(mode)
             if im.size != (size, size):
                 im = im.resize((size, size), Image.Resampling.BILINEAR)
             return np.asarray(im, dtype=np.uint8)
@@ -57,9 +59,12 @@ def decode_one(path: Path, size: int, mode: str) -> np.ndarray | str:
 
 def shared_buffer(shape: tuple[int, ...]) -> np.ndarray:
     """A zeroed uint8 array in anonymous memory that forked copies write into and this
-    process sees."""
+    process sees (or that is simply written in no order)."""
     size = max(1, int(np.prod(shape)))
-    buf = mmap.mmap(-1, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    # mapped in whole at once: a page at a time, on first write, costs several times more
+    # on a virtual machine, and rows are written in no order
+    flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+    buf = mmap.mmap(-1, size, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
     return np.frombuffer(buf, dtype=np.uint8, count=int(np.prod(shape))).reshape(shape)
 
 
@@ -69,10 +74,12 @@ def _is_shared(a: np.ndarray) -> bool:
         return True
     while isinstance(a, np.ndarray):
         a = a.base
+    if isinstance(a, memoryview):
+        a = a.obj
     return isinstance(a, mmap.mmap)
 
 
-def _decode_share(files: Sequence[Path], share: Sequence[int], out: np.ndarray, size: int,
+def _decode_share(files: Sequence[str | Path], share: Sequence[int], out: np.ndarray, size: int,
                   mode: str, tick: Callable[[int], None]) -> list[tuple[int, str]]:
     """Decode files[i] into out[i] for i in `share`; the (i, message) of those that failed."""
     bad = []
@@ -107,7 +114,7 @@ def _in_copy(files, share, out, size, mode, counts, slot: int, write_fd: int) ->
         os._exit(code)
 
 
-def decode_into(out: np.ndarray, files: Sequence[Path], size: int, mode: str,
+def decode_into(out: np.ndarray, files: Sequence[str | Path], size: int, mode: str,
                 progress: Callable[[int], None] | None = None) -> list[tuple[int, str]]:
     """Decode files[i] into out[i] (uint8 (N, C, size, size), shared with forked copies when
     it is a `shared_buffer` or a memory-mapped file), on every core.

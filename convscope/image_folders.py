@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -42,12 +43,26 @@ EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 VALID_NAMES = ("valid", "val", "test")
 
 
-def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in EXTENSIONS
-                  and p.is_file())
+def _images_in(folder: Path) -> list[str]:
+    """The paths of the image files under `folder`, in the order of their path parts. A
+    walk of the directory entries, whose types come with the listing (a stat per file, or a
+    Path per file, would double the time to list a large folder). Links to files are
+    followed; links to folders inside a class folder are not (as Path.rglob does)."""
+    found, todo, nested = [], [os.fspath(folder)], False
+    while todo:
+        with os.scandir(todo.pop()) as entries:
+            for e in entries:
+                if e.is_dir(follow_symlinks=False):
+                    todo.append(e.path)
+                    nested = True
+                elif (os.path.splitext(e.name)[1].lower() in EXTENSIONS
+                      and e.is_file(follow_symlinks=True)):  # a FIFO or a broken link is not
+                    found.append(e.path)
+    found.sort(key=(lambda f: f.split(os.sep)) if nested else None)
+    return found
 
 
-def _class_folders(root: Path) -> dict[str, list[Path]]:
+def _class_folders(root: Path) -> dict[str, list[str]]:
     return {d.name: _images_in(d) for d in sorted(root.iterdir()) if d.is_dir()
             and not d.name.startswith(".")}
 
@@ -85,7 +100,7 @@ def valid_dir(root: Path) -> Path | None:
     return next((root / n for n in VALID_NAMES if (root / n).is_dir()), None)
 
 
-def find_layout(root: Path) -> tuple[dict[str, list[Path]], dict[str, list[Path]] | None]:
+def find_layout(root: Path) -> tuple[dict[str, list[str]], dict[str, list[str]] | None]:
     """The class -> files maps of the train split and, when the folder has one, the valid
     split. Raises ValueError for a folder with no class folders or no images."""
     if not root.is_dir():
@@ -114,7 +129,7 @@ def find_layout(root: Path) -> tuple[dict[str, list[Path]], dict[str, list[Path]
     return train, valid
 
 
-def _probe_mode(files: list[Path]) -> str:
+def _probe_mode(files: list[str]) -> str:
     """'L' when every image is grayscale, else 'RGB' (reads headers only)."""
     from PIL import Image
 
@@ -128,12 +143,12 @@ def _probe_mode(files: list[Path]) -> str:
     return "L"
 
 
-def _cache_key(files: list[Path], size: int, mode: str, skip_bad: bool) -> str:
+def _cache_key(files: list[str], size: int, mode: str, skip_bad: bool) -> str:
     h = hashlib.sha256()
-    # v3: a row per file, bad files' rows left zero (v2 held the good ones only)
+    # v3: the rows' file indices are recorded (v2 held the good files' rows in file order)
     h.update(json.dumps({"size": size, "mode": mode, "skip_bad": skip_bad, "v": 3}).encode())
     for f in files:
-        st = f.stat()
+        st = os.stat(f)
         h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:32]
 
@@ -159,24 +174,29 @@ def _mib(n_bytes: int) -> str:
 
 
 class _Decoded:
-    """The decoded set in file order, a row per file (a bad file's row is zero): in memory,
-    or a memory-mapped cache file. `path` and `offset` say where its rows lie on disk."""
+    """A decoded set: in memory in file order (a row per file, a bad file's row zero), or a
+    memory-mapped cache file whose row r holds file `rows[r]`, beginning `offset` bytes into
+    `path`."""
 
-    def __init__(self, x: np.ndarray, kept: list[int], bad: list[str], path: Path | None,
-                 offset: int = 0, in_ram: bool = True) -> None:
-        self.x, self.kept, self.bad, self.path, self.offset = x, kept, bad, path, offset
-        self.in_ram = in_ram
+    def __init__(self, x: np.ndarray, kept: list[int], bad: list[str], rows: np.ndarray,
+                 path: Path | None = None, offset: int = 0) -> None:
+        self.x, self.kept, self.bad, self.rows = x, kept, bad, rows
+        self.path, self.offset = path, offset
         self.failed: list[tuple[int, str]] = []  # (file index, message) of a fresh decode
 
+    @property
+    def in_ram(self) -> bool:
+        return self.path is None
 
-def decode_all(files: list[Path], size: int, mode: str, skip_bad: bool = False,
+
+def decode_all(files: list[str], size: int, mode: str, skip_bad: bool = False,
                cache: Path | None = None, stream: bool = False,
                log: Callable[[str], None] | None = None) -> _Decoded:
-    """Decode `files` (a row each, uint8 (C, size, size)) through the cache.
+    """Decode `files` (a row each, uint8 (C, size, size)), or find them in the cache.
 
     A cached set is returned memory-mapped (nothing read yet). Otherwise every file is
-    decoded on every core into memory, or, with `stream`, straight into the cache file, and
-    the cache is written.
+    decoded on every core into memory (the caller caches it, `cache_later`), or, with
+    `stream`, straight into the cache file, returned memory-mapped.
     Raises:
         UsageError: some files are bad and `skip_bad` is False (all are listed).
     """
@@ -185,6 +205,8 @@ def decode_all(files: list[Path], size: int, mode: str, skip_bad: bool = False,
     x_path = meta_path = None
     if cache is not None:
         x_path, meta_path = cache / f"{key}.npy", cache / f"{key}.json"
+        if x_path in _writing:
+            _writing.pop(x_path).join()
         hit = _read_cache(x_path, meta_path, shape)
         if hit is not None:
             if log is not None:
@@ -202,42 +224,83 @@ def decode_all(files: list[Path], size: int, mode: str, skip_bad: bool = False,
             decoded = _decode_to_file(files, shape, mode, x_path, bar.update)
         else:
             x = shared_buffer(shape)
-            decoded = _Decoded(x, [], [], None)
+            decoded = _Decoded(x, [], [], np.arange(len(files)))
             decoded.failed = decode_into(x, files, size, mode, bar.update)
-    failed = decoded.failed
-    bad = [f"{files[i]}: {message}" for i, message in failed]
+    bad = [f"{files[i]}: {message}" for i, message in decoded.failed]
     if bad and not skip_bad:
         if stream:
             x_path.unlink(missing_ok=True)
         shown = "; ".join(bad[:10]) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
         raise UsageError(f"{len(bad)} bad image file(s): {shown}. Fix or remove them, or skip "
                          f"them (--skip-bad).")
-    failed_rows = {i for i, _ in failed}
+    failed_rows = {i for i, _ in decoded.failed}
     decoded.kept = [i for i in range(len(files)) if i not in failed_rows]
     decoded.bad = bad
     if not decoded.kept:
         raise UsageError(f"None of the {len(files)} image files could be read.")
-    seconds = time.monotonic() - start
-    where = ""
-    if cache is not None:
-        try:
-            cache.mkdir(parents=True, exist_ok=True)
-            if not stream:
-                atomic_write(x_path, lambda f: np.save(f, decoded.x))
-            atomic_write_bytes(meta_path, json.dumps({"kept": decoded.kept, "bad": bad}).encode())
-            where = f"; cached in {x_path} ({_mib(x_path.stat().st_size)})"
-        except OSError as e:  # read-only, full, or not a folder: the cache only saves a decode
-            if stream:
-                raise
-            where = f"; not cached ({e.strerror or e})"
-    if log is not None and (seconds > 1 or cache is not None):
-        skipped = f" ({len(bad)} unreadable, left out)" if bad else ""
-        log(f"image cache: decoded {len(decoded.kept):,} images{skipped} to {size}x{size} in "
-            f"{seconds:.1f} s{where}")
+    decoded.seconds = time.monotonic() - start
+    decoded.meta_path, decoded.x_path = meta_path, x_path
+    if stream:
+        _write_meta(decoded, decoded.rows)
     return decoded
 
 
-def _decode_to_file(files: list[Path], shape: tuple[int, ...], mode: str, x_path: Path,
+def _write_meta(decoded: _Decoded, rows: np.ndarray) -> None:
+    atomic_write_bytes(decoded.meta_path, json.dumps(
+        {"kept": decoded.kept, "bad": decoded.bad, "rows": rows.tolist()}).encode())
+
+
+def cache_later(decoded: _Decoded, x: np.ndarray, rows: np.ndarray,
+                log: Callable[[str], None] | None) -> threading.Thread | None:
+    """Write a freshly decoded set to the cache, `x` (which holds files `rows`, and which
+    nothing writes to any more) in a thread of its own, so training starts while it is
+    written: the file is complete or absent, as ever (written under a temporary name, then
+    renamed), and the process waits for the thread before it exits. Logs the line that says
+    where the set is cached, or that it is not."""
+    size = x.shape[-1]
+    skipped = f" ({len(decoded.bad)} unreadable, left out)" if decoded.bad else ""
+    said = (f"image cache: decoded {len(decoded.kept):,} images{skipped} to {size}x{size} in "
+            f"{decoded.seconds:.1f} s")
+    if decoded.x_path is None:
+        if log is not None and decoded.seconds > 1:
+            log(said)
+        return None
+    try:
+        decoded.x_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # read-only, or not a folder: the cache only saves a decode
+        if log is not None:
+            log(f"{said}; not cached ({e.strerror or e})")
+        return None
+    n_bytes = x.nbytes + 128  # numpy's header for a 4-d uint8 array
+    if log is not None:
+        log(f"{said}; caching them in {decoded.x_path} ({_mib(n_bytes)})")
+
+    def write() -> None:
+        try:
+            atomic_write(decoded.x_path, lambda f: np.save(f, x))
+            _write_meta(decoded, rows)
+        except OSError as e:  # full or read-only: the cache only saves a decode
+            if log is not None:
+                log(f"image cache: could not write {decoded.x_path} ({e.strerror or e}); the "
+                    f"next run decodes again")
+
+    writer = threading.Thread(target=write, name="convscope image cache")
+    _writing[decoded.x_path] = writer
+    writer.start()
+    return writer
+
+
+# cache files being written by this process's threads: a later read of the same set waits
+_writing: dict[Path, threading.Thread] = {}
+
+
+def wait_for_cache_writes() -> None:
+    """Return once every cache file this process is writing is written (or given up)."""
+    while _writing:
+        _writing.popitem()[1].join()
+
+
+def _decode_to_file(files: list[str], shape: tuple[int, ...], mode: str, x_path: Path,
                     progress: Callable[[int], None]) -> _Decoded:
     """Decode straight into the cache file (through a temporary name, renamed when whole),
     for a set too large to hold in memory; returned memory-mapped."""
@@ -256,7 +319,8 @@ def _decode_to_file(files: list[Path], shape: tuple[int, ...], mode: str, x_path
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    decoded = _Decoded(np.load(x_path, mmap_mode="c"), [], [], x_path, offset, in_ram=False)
+    decoded = _Decoded(np.load(x_path, mmap_mode="c"), [], [], np.arange(shape[0]), x_path,
+                       offset)
     decoded.failed = failed
     return decoded
 
@@ -270,15 +334,19 @@ def _read_cache(x_path: Path, meta_path: Path, shape: tuple[int, ...]) -> _Decod
     try:
         meta = json.loads(meta_path.read_text())
         kept, bad = meta["kept"], meta["bad"]
+        rows = np.array(meta["rows"], dtype=np.int64)
         x = np.load(x_path, mmap_mode="c")
         whole = x_path.stat().st_size == x.offset + x.nbytes
-    except (OSError, ValueError, KeyError, TypeError, EOFError):
+    except (OSError, ValueError, KeyError, TypeError, EOFError, OverflowError):
         return None
-    if (whole and isinstance(kept, list) and isinstance(bad, list) and x.dtype == np.uint8
-            and x.shape == shape and kept
-            and all(isinstance(i, int) and 0 <= i < shape[0] for i in kept)):
-        return _Decoded(x, kept, bad, x_path, x.offset, in_ram=False)
-    return None
+    if not (whole and isinstance(kept, list) and isinstance(bad, list) and kept
+            and x.dtype == np.uint8 and x.shape[1:] == shape[1:] and rows.ndim == 1
+            and len(rows) == len(x) and all(isinstance(i, int) for i in kept)):
+        return None
+    if (((rows < 0) | (rows >= shape[0])).any() or len(np.unique(rows)) != len(rows)
+            or min(kept) < 0 or max(kept) >= shape[0]):
+        return None
+    return _Decoded(x, kept, bad, rows, x_path, x.offset)
 
 
 def _gather_in_place(x: np.ndarray, rows: np.ndarray) -> None:
@@ -305,51 +373,63 @@ def _gather_in_place(x: np.ndarray, rows: np.ndarray) -> None:
             k = src
 
 
-def _read_rows(decoded: _Decoded, rows: np.ndarray) -> np.ndarray:
-    """decoded.x[rows] read into memory with plain file reads, chunk by chunk, so the file's
-    pages are never mapped into this process beside the copy."""
-    row_bytes = int(np.prod(decoded.x.shape[1:]))
-    out = np.empty((len(rows), *decoded.x.shape[1:]), dtype=np.uint8)
-    where = np.full(len(decoded.x), -1, dtype=np.int64)
+def _positions(decoded: _Decoded, rows: np.ndarray) -> np.ndarray:
+    """For each row of the cache file, where it goes among `rows` (file indices), or -1."""
+    where = np.full(int(max(decoded.rows.max(), rows.max())) + 1, -1, dtype=np.int64)
     where[rows] = np.arange(len(rows))
+    return where[decoded.rows]
+
+
+def _read_rows(decoded: _Decoded, rows: np.ndarray) -> np.ndarray:
+    """The images of files `rows` read from the cache file into memory with plain file
+    reads, chunk by chunk, so the file's pages are never mapped into this process beside the
+    copy."""
+    image = decoded.x.shape[1:]
+    row_bytes = int(np.prod(image))
+    out = shared_buffer((len(rows), *image))
+    to_all = _positions(decoded, rows)
     chunk = max(1, (32 << 20) // row_bytes)
-    scratch = np.empty((chunk, *decoded.x.shape[1:]), dtype=np.uint8)
+    scratch = np.empty((chunk, *image), dtype=np.uint8)
     with open(decoded.path, "rb") as f:
         for first in range(0, len(decoded.x), chunk):
             n = min(chunk, len(decoded.x) - first)
-            to = where[first:first + n]
+            to = to_all[first:first + n]
             if (to < 0).all():
                 continue
+            in_place = to[0] >= 0 and np.array_equal(to, np.arange(to[0], to[0] + n))
             f.seek(decoded.offset + first * row_bytes)
-            view = memoryview(scratch[:n]).cast("B")
-            got = f.readinto(view)
-            if got != n * row_bytes:
+            buf = out[to[0]:to[0] + n] if in_place else scratch[:n]
+            if f.readinto(memoryview(buf).cast("B")) != n * row_bytes:
                 raise OSError(f"{decoded.path}: cut off while being read")
-            mine = to >= 0
-            out[to[mine]] = scratch[:n][mine]
+            if not in_place:
+                mine = to >= 0
+                out[to[mine]] = scratch[:n][mine]
     return out
 
 
 def _split_file(decoded: _Decoded, rows: np.ndarray, name: str) -> np.ndarray:
-    """decoded.x[rows] as a second memory-mapped cache file, for a streamed set whose split
-    does not follow file order; written once per split, through a temporary name."""
+    """The images of files `rows` as a second memory-mapped cache file, for a streamed set
+    whose split does not follow the cache's order; written once per split, through a
+    temporary name."""
     path = decoded.path.with_name(f"{decoded.path.stem}-{name}.npy")
+    image = decoded.x.shape[1:]
     if path.is_file():
         try:
             x = np.load(path, mmap_mode="c")
-            if x.shape == (len(rows), *decoded.x.shape[1:]) and (
-                    path.stat().st_size == x.offset + x.nbytes):
+            if x.shape == (len(rows), *image) and path.stat().st_size == x.offset + x.nbytes:
                 return x
         except (OSError, ValueError, EOFError):
             pass
+    where = np.full(len(decoded.rows) and int(decoded.rows.max()) + 1, -1, dtype=np.int64)
+    where[decoded.rows] = np.arange(len(decoded.rows))
+    source = where[rows]
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
-                                        shape=(len(rows), *decoded.x.shape[1:]))
-        chunk = max(1, (32 << 20) // int(np.prod(decoded.x.shape[1:])))
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(rows), *image))
+        chunk = max(1, (32 << 20) // int(np.prod(image)))
         for first in range(0, len(rows), chunk):
-            out[first:first + chunk] = decoded.x[rows[first:first + chunk]]
+            out[first:first + chunk] = decoded.x[source[first:first + chunk]]
         out.flush()
         del out
         os.replace(tmp, path)
@@ -389,9 +469,9 @@ def image_folder(path: str | Path, size: int = 28, valid_pct: float = 0.2, seed:
     classes = sorted(train)
     index = {c: i for i, c in enumerate(classes)}
 
-    def flatten(split: dict[str, list[Path]]) -> tuple[list[Path], list[int]]:
-        pairs = [(f, index[c]) for c in sorted(split) for f in split[c]]
-        return [f for f, _ in pairs], [y for _, y in pairs]
+    def flatten(split: dict[str, list[str]]) -> tuple[list[str], list[int]]:
+        files = [f for c in sorted(split) for f in split[c]]
+        return files, [index[c] for c in sorted(split) for _ in split[c]]
 
     files_t, labels_t = flatten(train)
     files_v, labels_v = flatten(valid) if valid is not None else ([], [])
@@ -420,9 +500,10 @@ def image_folder(path: str | Path, size: int = 28, valid_pct: float = 0.2, seed:
     if decoded.in_ram:
         _gather_in_place(decoded.x, rows)
         x = decoded.x[:len(rows)]
+        cache_later(decoded, x, rows, log)
     elif not stream:
         x = _read_rows(decoded, rows)
-    elif np.array_equal(rows, np.arange(len(decoded.x))):
+    elif np.array_equal(rows, decoded.rows):
         x = decoded.x
     else:
         x = _split_file(decoded, rows, split_name or "kept")

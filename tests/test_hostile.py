@@ -186,7 +186,9 @@ def case_symlinked_class_folder_loop(tmp_path):
 
 def cached(tmp_path) -> tuple[Path, Path, ImageData]:
     root, cache = two_classes(tmp_path / "d"), tmp_path / "cache"
-    return root, cache, image_folder(root, size=6, cache=cache)
+    data = image_folder(root, size=6, cache=cache)
+    imf.wait_for_cache_writes()
+    return root, cache, data
 
 
 def case_truncated_cache(tmp_path):
@@ -195,9 +197,11 @@ def case_truncated_cache(tmp_path):
     whole = npy.stat().st_size
     npy.write_bytes(npy.read_bytes()[: whole // 2])
     again = image_folder(root, size=6, cache=cache)
+    imf.wait_for_cache_writes()
     assert torch.equal(again.x_train, first.x_train) and npy.stat().st_size == whole
     np.save(npy, np.zeros((2, 1, 6, 6), np.uint8))  # readable, but not this set's shape
     again = image_folder(root, size=6, cache=cache)
+    imf.wait_for_cache_writes()
     assert torch.equal(again.x_train, first.x_train) and npy.stat().st_size == whole
     (meta,) = cache.glob("*.json")
     meta.write_text('{"kept": [0, 1')
@@ -218,6 +222,7 @@ def case_read_only_cache(tmp_path):
             mp.setattr(imf, "atomic_write_bytes", refuse)
         try:
             data = image_folder(root, size=6, cache=cache)
+            imf.wait_for_cache_writes()
         finally:
             cache.chmod(0o755)
     assert len(data.y_train) + len(data.y_valid) == 6 and list(cache.iterdir()) == []

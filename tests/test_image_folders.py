@@ -11,6 +11,7 @@ from conftest import cli_error
 from PIL import Image
 
 from convscope import decode
+from convscope import image_folders as imf
 from convscope.callbacks.augment import random_crop, random_flip
 from convscope.cli import main
 from convscope.image_folders import image_folder
@@ -101,6 +102,7 @@ def test_empty_class_folder_and_no_images(tmp_path):
 def test_cache_skips_decoding_and_is_rebuilt_when_a_file_changes(tmp_path, monkeypatch):
     root, cache = make_folder(tmp_path / "d"), tmp_path / "cache"
     first = image_folder(root, size=8, cache=cache)
+    imf.wait_for_cache_writes()
     assert len(list(cache.glob("*.npy"))) == 1
 
     def no_decoding(*args):
@@ -114,6 +116,7 @@ def test_cache_skips_decoding_and_is_rebuilt_when_a_file_changes(tmp_path, monke
     Image.new("RGB", (12, 10), (255, 255, 255)).save(changed)
     os.utime(changed, ns=(1, 1))
     rebuilt = image_folder(root, size=8, cache=cache)
+    imf.wait_for_cache_writes()
     assert len(list(cache.glob("*.npy"))) == 2
     assert not torch.equal(first.x_train, rebuilt.x_train)
 
@@ -210,12 +213,20 @@ def many_images(root, n=300, size=(9, 7)):
     return root
 
 
+@pytest.mark.skipif(decode.cores() < 2, reason="decoding forks only with two cores or more")
 def test_forked_decoding_equals_serial_and_names_bad_files_in_order(tmp_path, monkeypatch):
     root = many_images(tmp_path / "m")
     files = sorted(root.rglob("*.png"))
     out = decode.shared_buffer((len(files), 3, 8, 8))
-    seen = []
+    seen, forks, fork = [], [], os.fork
+
+    def counted_fork():
+        forks.append(1)
+        return fork()
+
+    monkeypatch.setattr(os, "fork", counted_fork)
     failed = decode.decode_into(out, files, 8, "RGB", progress=seen.append)
+    assert len(forks) == decode.cores() - 1
     monkeypatch.setattr(decode, "_FORK_FROM", 10**9)
     serial = np.zeros_like(out)
     assert decode.decode_into(serial, files, 8, "RGB") == failed
@@ -250,7 +261,7 @@ def test_cached_and_streamed_sets_equal_a_fresh_decode(tmp_path, layout):
             assert torch.equal(getattr(data, name), getattr(fresh, name)), name
         assert len(data.skipped) == 1
     assert re.fullmatch(r"image cache: decoded 24 images \(1 unreadable, left out\) to 8x8 in "
-                        r"\d+\.\d s; cached in .*\.npy \(\d+ kB\)", lines[0]), lines[0]
+                        r"\d+\.\d s; caching them in .*\.npy \(\d+ kB\)", lines[0]), lines[0]
     assert re.fullmatch(r"image cache: read 24 decoded images of 8x8 from .*\.npy \(\d+ kB\)",
                         lines[1]), lines[1]
 
@@ -303,3 +314,15 @@ def test_task_bar_stays_hidden_for_a_quick_task_and_draws_on_a_terminal():
     with TaskBar("decoding 10 images", 10, delay=0, file=slow) as bar:
         bar.update(4)
     assert "decoding 10 images" in slow.getvalue()
+
+
+def test_a_cache_written_in_one_split_order_serves_another(tmp_path):
+    root = make_folder(tmp_path / "d", layout="flat", n=10)
+    image_folder(root, size=8, seed=0, cache=tmp_path / "c", log=None)
+    imf.wait_for_cache_writes()
+    fresh = image_folder(root, size=8, seed=1, cache=None, log=None)
+    for in_memory in (True, False):
+        other = image_folder(root, size=8, seed=1, cache=tmp_path / "c", in_memory=in_memory,
+                             log=None)
+        for name in ("x_train", "y_train", "x_valid", "y_valid"):
+            assert torch.equal(getattr(other, name), getattr(fresh, name)), (in_memory, name)
