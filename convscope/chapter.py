@@ -100,7 +100,7 @@ def run_chapter(out: str | Path = "runs/chapter", subset: int | None = None,
         done = Outcome(step, Path(cfg.out))
         start = time.perf_counter()
         try:
-            result = train.run_training(cfg, log=_indent(log), overwrite=overwrite)
+            result = train.run_training(cfg, log=log, overwrite=overwrite, indent="  ")
             done.accuracy = result.accuracy
         except TrainingDivergedError as e:
             done.failure = str(e)
@@ -110,10 +110,6 @@ def run_chapter(out: str | Path = "runs/chapter", subset: int | None = None,
     page = out / "chapter.html"
     atomic_write_bytes(page, render(outcomes, subset).encode())
     return page
-
-
-def _indent(log):
-    return lambda *a, **k: log("  " + " ".join(str(x) for x in a))
 
 
 def seen(o: Outcome, subset: int | None) -> str:

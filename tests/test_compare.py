@@ -154,6 +154,19 @@ def test_a_step_that_fails_is_shown_and_the_others_run(tmp_path, monkeypatch):
     assert (tmp_path / "ch" / "2-no-bn-bs512" / "report.html").is_file()
 
 
+def test_a_step_s_terminal_lines_sit_under_its_heading(tmp_path, monkeypatch, capsys):
+    """The step's log and its epoch table alike are indented under `step NAME: ...`."""
+    from convscope import chapter
+
+    monkeypatch.setattr(chapter, "STEPS", chapter.STEPS[4:])  # five epochs: a table
+    chapter.run_chapter(tmp_path / "ch", subset=500)
+    heading, *body = capsys.readouterr().out.splitlines()
+    assert heading.startswith("step 5-bn-1cycle-5ep: ")
+    assert [line for line in body if not line.startswith("  ")] == []
+    table = [line.split() for line in body if line.split()[0] in "epoch 0 1 2 3 4".split()]
+    assert [row[0] for row in table] == ["epoch", "0", "1", "2", "3", "4"]
+
+
 def test_curves_line_up_on_epochs_and_the_page_is_html(runs, tmp_path, capsys):
     """Runs of other batch sizes or epoch lengths share one axis of epochs; the accuracy axis
     holds the data (one epoch's point too); a page asked for as .png is refused."""
