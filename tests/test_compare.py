@@ -120,9 +120,10 @@ def test_chapter_replays_end_to_end_on_a_subset(tmp_path, capsys):
     assert "11.35%" in page and "99.12% / 99.21%" in page  # the book's numbers beside ours
     assert "on 1,000 training images" in page
     # each step says what the book saw and what this run saw, and a subset too small to
-    # show a step's effect says so
+    # show a step's effect says so, and how many images would
     assert page.count("What the book saw:") == page.count("What this run saw:") == 5
-    assert "This replay trained on 1,000 images and the book on all 60,000" in page
+    assert "steps 3, 4, 5 need more to show the book&#x27;s effect" in page
+    assert "it needs about 20,000 images to" in page or "it needs about 20,000 to" in page
     result = check_page(out / "chapter.html", tmp_path / "chapter.png")
     assert result.console_errors == [] and result.broken_images == []
     assert len(result.images) >= 6
@@ -152,6 +153,48 @@ def test_a_step_that_fails_is_shown_and_the_others_run(tmp_path, monkeypatch):
     assert "This step diverged:</b> Training diverged at epoch 0, batch 3" in text
     assert ">diverged<" in text  # its row in the table
     assert (tmp_path / "ch" / "2-no-bn-bs512" / "report.html").is_file()
+
+
+@pytest.mark.parametrize("step, subset, accuracy, says", [
+    (2, 6000, 0.1135, "At 6,000 images this step stays at chance; it needs about 50,000 images "
+                      "to train as in the book. Run `convscope chapter` without --subset (or "
+                      "with --subset 50000) to see it"),
+    (3, 6000, 0.7945, "79.45% test accuracy, where the book printed 98.64%: much lower. At "
+                      "6,000 images this step trains, but it needs about 20,000 to come "
+                      "within 2 points of the book's accuracy"),
+    (0, 20000, 0.8203, "At 20,000 images this step trained, where the book's stayed at chance: "
+                       "a constant learning rate of 0.06 does not kill the ReLUs in every draw"
+                       " of images, and replays stayed at chance as the book's did from about "
+                       "30,000 images up"),
+    (4, 6000, 0.9752, "97.52% test accuracy, where the book printed 99.12% / 99.21%: in line "
+                      "with the book."),
+    (3, None, 0.9502, "much lower than the book's, on the same 60,000 images"),
+    (3, 30000, 0.9502, "much lower than the book's, though replays of 30,000 images were in "
+                       "line with it when measured"),
+])
+def test_a_step_too_small_to_show_the_book_s_effect_says_how_many_images_would(
+        step, subset, accuracy, says):
+    """The measured thresholds (chapter.STEPS' `needs`) in the step's words: what the run
+    saw, and the images the step needs to show what the book's showed."""
+    from pathlib import Path
+
+    from convscope.chapter import STEPS, Outcome, seen
+
+    assert says in seen(Outcome(STEPS[step], Path("x"), accuracy), subset)
+
+
+def test_the_terminal_and_the_page_say_a_step_needs_more_images(tmp_path, monkeypatch,
+                                                                  capsys):
+    """Step 3 on 500 images (one step of 1cycle) stays at chance, as it did on 6,000."""
+    from convscope import chapter
+
+    monkeypatch.setattr(chapter, "STEPS", chapter.STEPS[2:3])
+    page = chapter.run_chapter(tmp_path / "ch", subset=500).read_text()
+    said = "At 500 images this step stays at chance; it needs about 50,000 images to train"
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert line.startswith("  against the book: ") and said in line
+    assert said in page and "much lower than the book&#x27;s: too few images (about 50,000 " \
+        "needed)" in page and "step 3 needs more to show the book&#x27;s effect" in page
 
 
 def test_a_step_s_terminal_lines_sit_under_its_heading(tmp_path, monkeypatch, capsys):
