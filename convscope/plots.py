@@ -344,7 +344,8 @@ def plot_confusion_matrix(cm: Tensor, classes: Sequence[str],
 def plot_gradient_stats(gstats, save: str | Path | None = None) -> Figure:
     """Per layer over training: the step's size relative to the weights, and the gradient
     norm (log scales)."""
-    fig = Figure(figsize=(12, 3.8))
+    # constrained layout makes room beside the panels for the legend they share
+    fig = Figure(figsize=(12, 3.8), layout="constrained")
     axes = fig.subplots(1, 2)
     for i, name in enumerate(gstats.layer_names):
         for ax, column in zip(axes, ("update_ratio", "grad_norm"), strict=True):
@@ -357,8 +358,9 @@ def plot_gradient_stats(gstats, save: str | Path | None = None) -> Figure:
         ax.set_xlabel("batch")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7, ncol=2, title="layer", title_fontsize=7)
-    fig.tight_layout()
+    # both panels draw the same layers in the same colours: one legend explains both
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize=7,
+               title="layer", title_fontsize=7)
     return save_figure(fig, save)
 
 
@@ -382,13 +384,19 @@ def compare_curves(histories: Sequence, names: Sequence[str],
     """Several runs' curves overlaid on one axis of epochs, one colour and dash per run:
     smoothed train loss with the valid loss at each epoch's end, accuracy per epoch, learning
     rate and momentum."""
-    fig = Figure(figsize=(12, 7))
+    from matplotlib.lines import Line2D
+
+    # constrained layout makes room above the panels for the legend they share
+    fig = Figure(figsize=(12, 7), layout="constrained")
     (loss_ax, acc_ax), (lr_ax, mom_ax) = fig.subplots(2, 2)
     dashes = ["-", "--", "-.", ":"]
     shapes = ["o", "s", "^", "D", "v"]  # a point of one run does not hide another's
     accs: list[float] = []
+    keys = []  # one entry per run, in its colour, dash and marker: every panel draws it so
     for k, (h, name) in enumerate(zip(histories, names, strict=True)):
         colour, dash, shape = f"C{k % 10}", dashes[k % len(dashes)], shapes[k % len(shapes)]
+        keys.append(Line2D([], [], color=colour, ls=dash, marker=shape, markersize=5,
+                           label=name))
         x = in_epochs(h)
         dot = "o" if len(x) < 3 else None  # a run of a batch or two: points, not a line
         loss_ax.plot(x, h.smooth_losses[:len(x)], dash, color=colour, label=name, marker=dot)
@@ -418,8 +426,7 @@ def compare_curves(histories: Sequence, names: Sequence[str],
         ax.set_xlabel("epoch")
         ax.set_xlim(left=0)
         ax.grid(alpha=0.3)
-    loss_ax.legend(fontsize=8)
-    fig.tight_layout()
+    fig.legend(handles=keys, loc="outside upper center", ncol=min(len(keys), 6), fontsize=8)
     return save_figure(fig, save)
 
 
@@ -460,7 +467,8 @@ def compare_dead(stats: Sequence, names: Sequence[str],
                  save: str | Path | None = None) -> Figure:
     """Each run's % near zero per layer over training, one panel per run, one y scale."""
     panels = [(s, n) for s, n in zip(stats, names, strict=True) if s is not None and s.batches]
-    fig = Figure(figsize=(4 * max(len(panels), 1) + 1, 3.4))
+    # constrained layout makes room beside the panels for a legend they share
+    fig = Figure(figsize=(4 * max(len(panels), 1) + 1, 3.4), layout="constrained")
     if not panels:
         return save_figure(fig, save)
     axes = fig.subplots(1, len(panels), squeeze=False, sharey=True)[0]
@@ -476,8 +484,13 @@ def compare_dead(stats: Sequence, names: Sequence[str],
         ax.set_xlabel("batch")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("% near zero")
-    axes[-1].legend(fontsize=7)
-    fig.tight_layout()
+    if all(s.layer_names == panels[0][0].layer_names for s, _ in panels):
+        # the same blocks in the same colours in every panel: one legend explains them all
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper",
+                   fontsize=7)
+    else:  # a colour is a different block from one run to another: a legend on each
+        for ax in axes:
+            ax.legend(fontsize=7)
     return save_figure(fig, save)
 
 

@@ -1,7 +1,8 @@
 """What the eye checks on every figure the pages draw, for a tiny run (one step), a short
-run, and a run whose training set changed: no empty panel, and every data point inside its
-axes' limits."""
+run, and a run whose training set changed: no empty panel, every data point inside its
+axes' limits, and every named line explained by a legend on its panel or the figure."""
 
+import copy
 import math
 
 import pytest
@@ -40,6 +41,14 @@ def eye_check(fig, what: str) -> None:
         seen = [line for line in ax.lines if len(line.get_xdata()) > 1
                 or (len(line.get_xdata()) == 1 and line.get_marker() not in (None, "None", ""))]
         assert seen + ax.images + ax.collections, f"{what}: an empty panel ({ax.get_title()!r})"
+        # a line drawn with a name is explained by a legend on its panel or the figure's
+        legends = [ax.get_legend()] + fig.legends
+        explained = {t.get_text() for leg in legends if leg is not None
+                     for t in leg.get_texts()}
+        named = {line.get_label() for line in ax.lines
+                 if not line.get_label().startswith("_")}
+        assert named <= explained, (f"{what}: {sorted(named - explained)} in "
+                                    f"{ax.get_title()!r} explained by no legend")
         (x0, x1), (y0, y1) = sorted(ax.get_xlim()), sorted(ax.get_ylim())
         for line in ax.lines:
             if line.get_transform() != ax.transData:  # an axvline: x in data, y in the axes
@@ -75,3 +84,9 @@ def test_every_comparison_figure_has_its_data_in_view(runs):
     eye_check(plots.compare_dead(stats, names), "compare near zero")
     for layer in stats[0].layer_names:
         eye_check(plots.compare_color_dim(stats, names, layer), f"compare block {layer}")
+    # runs of other models: a colour is another block in each panel, each panel says which
+    other = copy.copy(stats[1])
+    other.layer_names = [f"head.{name}" for name in other.layer_names]
+    fig = plots.compare_dead([stats[0], other], names[:2])
+    eye_check(fig, "compare near zero, other blocks")
+    assert all(ax.get_legend() is not None for ax in fig.axes) and fig.legends == []
