@@ -6,6 +6,7 @@ import os
 import pytest
 from browser import check_page, find_chromium
 from conftest import cli_error
+from eye import check_drawn_figures, look
 from safetensors.torch import load_file, save_file
 
 from convscope.cli import main
@@ -81,6 +82,32 @@ def test_compare_page_in_a_real_browser(runs, tmp_path, capsys):
     assert len(result.images) >= 1 + 1 + 5 and result.broken_images == []
     page = out.read_text()
     assert "<script" not in page and 'src="http' not in page
+
+
+@needs_browser
+def test_the_compare_page_as_the_eye_reads_it(runs, tmp_path, monkeypatch):
+    """Every figure passes the eye check (tests/eye.py) and names the runs; each block's
+    figure sits under its heading; the tables say what each run recorded."""
+    good, bad, _ = runs
+    drawn = check_drawn_figures(monkeypatch)
+    page = tmp_path / "compare.html"
+    assert main(["compare", str(good), str(bad), "--out", str(page)]) == 0
+    seen = look(page, tmp_path / "compare.png")
+    loaded = load_runs([good, bad])
+    assert len(drawn) == 1 + 1 + 5
+    for text in drawn:  # every figure says which run each panel or line is
+        assert "good" in text and "bad" in text
+    for el in seen["shown"]:
+        if el["alt"].endswith("color_dim side by side"):
+            assert el["heading"] == f"Block {el['alt'].split()[1]}", el
+    text = seen["text"]
+    for run in loaded:
+        name, result = run.path.name, run.result
+        row = next(line for line in text.splitlines() if line.startswith(f"{name}\t"))
+        assert row.split("\t")[2].split(" ")[0] == f"{result.accuracy:.2%}", row
+        assert row.split("\t")[1] == str(len(run.values))
+    assert "batchnorm\tyes\tno" in text and "schedule\tone_cycle\tconstant" in text
+    assert seen["headings"][-2:] == ["good", "bad"]  # each run's diagnosis
 
 
 def test_bad_input_is_one_line_and_exit_2(runs, tmp_path, capsys):
@@ -195,6 +222,36 @@ def test_the_terminal_and_the_page_say_a_step_needs_more_images(tmp_path, monkey
     assert line.startswith("  against the book: ") and said in line
     assert said in page and "much lower than the book&#x27;s: too few images (about 50,000 " \
         "needed)" in page and "step 3 needs more to show the book&#x27;s effect" in page
+
+
+@needs_browser
+def test_the_chapter_page_as_the_eye_reads_it(runs, tmp_path, monkeypatch):
+    """Every figure passes the eye check (tests/eye.py) and draws the block its step's
+    heading and its alt name; the table and each step's words give the run's accuracy.
+    The page of the chapter's first two steps, drawn from this module's runs (640 images)."""
+    from convscope.chapter import STEPS, Outcome, render
+    from convscope.run_folder import load_run
+
+    outcomes = [Outcome(step, run, load_run(run).result.accuracy)
+                for step, run in zip(STEPS[:2], runs[1::-1], strict=True)]
+    drawn = check_drawn_figures(monkeypatch)
+    page = tmp_path / "chapter.html"
+    page.write_text(render(outcomes, 640))
+    seen = look(page, tmp_path / "chapter.png")
+    images = [el for el in seen["shown"] if el["tag"] == "img"]
+    assert len(images) == len(drawn) == 3  # step 1 draws two blocks, step 2 one
+    for el, text in zip(images, drawn, strict=True):
+        step, _, block = el["alt"].split()[:3]
+        assert el["heading"].startswith(f"{step}: ") and f"block {block}:" in text, (el, text)
+    text = seen["text"]
+    assert "on 640 training images" in text
+    for o in outcomes:
+        accuracy = f"{o.accuracy:.2%}"
+        row = next(line for line in text.splitlines() if line.startswith(f"{o.step.name}\t"))
+        assert row.split("\t")[3] == accuracy, row
+        said = text.split(f"{o.step.name}: {o.step.what}")[1].split("What this run saw: ")[1]
+        assert said.startswith(f"{accuracy} test accuracy, where the book printed 11.35%")
+        assert f"Run folder: {o.run_dir}" in text
 
 
 def test_a_step_s_terminal_lines_sit_under_its_heading(tmp_path, monkeypatch, capsys):

@@ -1,13 +1,14 @@
 """What the eye checks on every figure the pages draw, for a tiny run (one step), a short
 run, and a run whose training set changed: no empty panel, every data point inside its
-axes' limits, and every named line explained by a legend on its panel or the figure."""
+axes' limits, and every named line explained by a legend on its panel or the figure
+(tests/eye.py)."""
 
 import copy
-import math
 
 import pytest
 import torch
 from conftest import stripes
+from eye import eye_check
 
 from convscope import plots
 from convscope.callbacks import ActivationStats, GradientStats, HardExamples
@@ -31,33 +32,6 @@ def trained(n_train: int, epochs: int, hard: float | None = None) -> Learner:
 def runs():
     return {"one step": trained(32, 1), "short": trained(256, 2),
             "set changed": trained(256, 3, hard=0.5)}
-
-
-def eye_check(fig, what: str) -> None:
-    for ax in fig.axes:
-        if not ax.axison:  # an image grid's cell
-            continue
-        # a line through a single point draws nothing: it needs a marker to be seen
-        seen = [line for line in ax.lines if len(line.get_xdata()) > 1
-                or (len(line.get_xdata()) == 1 and line.get_marker() not in (None, "None", ""))]
-        assert seen + ax.images + ax.collections, f"{what}: an empty panel ({ax.get_title()!r})"
-        # a line drawn with a name is explained by a legend on its panel or the figure's
-        legends = [ax.get_legend()] + fig.legends
-        explained = {t.get_text() for leg in legends if leg is not None
-                     for t in leg.get_texts()}
-        named = {line.get_label() for line in ax.lines
-                 if not line.get_label().startswith("_")}
-        assert named <= explained, (f"{what}: {sorted(named - explained)} in "
-                                    f"{ax.get_title()!r} explained by no legend")
-        (x0, x1), (y0, y1) = sorted(ax.get_xlim()), sorted(ax.get_ylim())
-        for line in ax.lines:
-            if line.get_transform() != ax.transData:  # an axvline: x in data, y in the axes
-                continue
-            for x, y in zip(line.get_xdata(), line.get_ydata(), strict=True):
-                if math.isfinite(x) and math.isfinite(y):
-                    assert x0 <= x <= x1 and y0 <= y <= y1, (
-                        f"{what}: ({x}, {y}) outside {ax.get_title()!r}'s "
-                        f"x {x0:.3g}..{x1:.3g}, y {y0:.3g}..{y1:.3g}")
 
 
 @pytest.mark.parametrize("name", ["one step", "short", "set changed"])
