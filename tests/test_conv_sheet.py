@@ -2,6 +2,7 @@
 nobody here wrote (LibreOffice, headless)."""
 
 import csv
+import math
 import os
 import shutil
 import subprocess
@@ -89,8 +90,9 @@ def test_libreoffice_computes_what_convscope_and_torch_compute(computed):
 @needs_office
 def test_the_workbook_as_the_eye_reads_it(sheet, computed):
     """As LibreOffice computes it: no error in any cell, no layer a blank block, every value
-    short enough for its 4.5-character column, and each grid's title names what the grid
-    holds: the digit (with its label), the kernel, the layers a formula reads."""
+    short enough for its 4.5-character column and readable on its shade, and each grid's
+    title shown whole and naming what the grid holds: the digit (with its label), the
+    kernel, the layers a formula reads."""
     rows = computed
     errors = [v for row in rows for v in row if v.startswith(("Err:", "#"))]
     assert errors == []
@@ -119,10 +121,27 @@ def test_the_workbook_as_the_eye_reads_it(sheet, computed):
             ref = (GRIDS[r].ref(absolute=True) if r.startswith("kernel")
                    else GRIDS[r].ref(0, 0, 3, 3))
             assert ref in formula, (name, r, formula)
-    # nothing drawn over a title: the row above each grid holds only its title
+    # each title shows whole: it runs on over empty cells, up to the next cell that holds
+    # something (4.5 characters a column)
     for name, g in GRIDS.items():
-        above = [ws.cell(g.row - 1, g.col + c).value for c in range(1, g.cols)]
-        assert above == [None] * (g.cols - 1), name
+        free = next((c for c in range(g.col + 1, ws.max_column + 1)
+                     if ws.cell(g.row - 1, c).value is not None), None)
+        room = 4.5 * (free - g.col) if free is not None else math.inf
+        assert len(titles[name]) <= room, f"{titles[name]!r} cut at {room:g} characters"
+    # the darkest shade of a grid's colour scale still shows the black numbers on it
+    for rule in (r for cf in ws.conditional_formatting for r in cf.rules):
+        for colour in rule.colorScale.color:
+            assert contrast_with_black(colour.rgb) >= 4.5, colour.rgb
+
+
+def contrast_with_black(rgb: str) -> float:
+    """WCAG's contrast ratio of black text on a colour "RRGGBB" (or "AARRGGBB"): 4.5 is the
+    least it asks of body text."""
+    def linear(c: float) -> float:
+        return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (linear(int(rgb[-6:][i:i + 2], 16) / 255) for i in (0, 2, 4))
+    return (0.2126 * r + 0.7152 * g + 0.0722 * b + 0.05) / 0.05
 
 
 @needs_office
