@@ -297,9 +297,11 @@ def dead_chart(stats, save: str | Path | None = None) -> Figure:
 
 
 def plot_lr_find(lrs: Sequence[float], losses: Sequence[float], suggestions=None,
-                 save: str | Path | None = None) -> Figure:
+                 save: str | Path | None = None, note: str = "") -> Figure:
     """The lr_find curve: smoothed loss against learning rate (log scale), with the
-    suggested rates marked."""
+    suggested rates marked, and `note` (why a suggestion is missing) as its title."""
+    import textwrap
+
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
     ax.plot(lrs, losses)
@@ -313,6 +315,8 @@ def plot_lr_find(lrs: Sequence[float], losses: Sequence[float], suggestions=None
             if lr is not None:  # no minimum when the loss never turned up
                 ax.axvline(lr, color=colour, linestyle="--", label=f"{name}: {lr:.2g}")
         ax.legend()
+    if note:  # the plot is read alone (a PNG, the report): it says what the line printed
+        ax.set_title(textwrap.fill(note, 70), fontsize=9)
     fig.tight_layout()
     return save_figure(fig, save)
 
