@@ -272,8 +272,11 @@ def color_dim(stats, idx: int | str, recorder=None, save: str | Path | None = No
     if recorder is not None and recorder.hps["lr"]:
         lr_ax = ax.twinx()
         lrs = [g[0] for g in recorder.hps["lr"]]
-        lr_ax.plot(range(len(lrs)), lrs, color="white", linewidth=1.2, alpha=0.8,
-                   marker=_dot(lrs))
+        # batch k's rate at the middle of its slot, [k, k + 1) in the columns (one column
+        # alone is centred on its batch): the line spans the histogram, however short the run
+        mid = 0.5 if len(stats.batches) > 1 else 0.0
+        lr_ax.plot([k + mid for k in range(len(lrs))], lrs, color="white", linewidth=1.2,
+                   alpha=0.8, marker=_dot(lrs))
         lr_ax.set_ylabel("learning rate (white)")
         lr_ax.set_ylim(0, max(lrs) * 1.05)
     fig.tight_layout()

@@ -49,6 +49,19 @@ def test_every_figure_of_a_run_has_its_data_in_view(runs, name):
         eye_check(fig, f"{name}, {what}")
 
 
+@pytest.mark.parametrize("name", ["one step", "short", "set changed"])
+def test_color_dim_draws_each_batch_s_learning_rate_over_its_column(runs, name):
+    """The learning rate spans the histogram: batch k's rate in the middle of batch k's slot
+    of the columns, the last batch's too (not a batch short of the image's right edge)."""
+    learn = runs[name]
+    fig = plots.color_dim(learn.activation_stats, 0, recorder=learn.recorder)
+    image = fig.axes[0].images[0]
+    left, right = image.get_extent()[:2]
+    xs = next(ax for ax in fig.axes if ax.lines).lines[0].get_xdata()
+    assert len(xs) == len(learn.recorder.hps["lr"])  # every batch recorded: slots of 1
+    assert xs[0] == pytest.approx(left + 0.5) and xs[-1] == pytest.approx(right - 0.5)
+
+
 def test_every_comparison_figure_has_its_data_in_view(runs):
     learners = list(runs.values())
     names = list(runs)
