@@ -422,6 +422,9 @@ def compare_curves(histories: Sequence, names: Sequence[str],
             ax.plot(x, [g[0] for g in h.hps.get(hp, [])][:len(x)], dash, color=colour,
                     label=name, marker=dot)
     loss_ax.set_yscale("log")
+    peaks = [max(g[0] for g in h.hps["lr"]) for h in histories if h.hps.get("lr")]
+    if peaks and max(peaks) > 10 * min(peaks):  # on a linear axis the lower runs lie flat
+        lr_ax.set_yscale("log")
     if accs:  # the data's range with room, within 0-100: one epoch's point is not a range
         lo, hi = min(accs), max(accs)
         pad = max((hi - lo) * 0.15, 0.5)

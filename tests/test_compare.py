@@ -287,6 +287,11 @@ def test_curves_line_up_on_epochs_and_the_page_is_html(runs, tmp_path, capsys):
     assert lo <= 96.12 and hi >= 98 and hi <= 100 and lo >= 90
     one = compare_curves([short], ["a"]).axes[1].get_ylim()
     assert one[0] < 96.12 < one[1] and one[0] > 90
+    # a run's learning rates 100x another's: a log axis, or the lower run's lies flat at 0
+    hot = History([1.0] * 6, [1.0] * 6, {"lr": [[10.0]] * 6, "mom": [[0.9]] * 6},
+                  [{"valid_loss": 1.0, "accuracy": 0.5}], epoch_ends=[6])
+    assert compare_curves([short, hot], ["a", "hot"]).axes[2].get_yscale() == "log"
+    assert fig.axes[2].get_yscale() == "linear"
     good, bad, _ = runs
     assert main(["compare", str(good), str(bad), "--out", str(tmp_path / "cmp.png")]) == 2
     assert "expected a .html file, received" in cli_error(capsys.readouterr().err)
