@@ -261,7 +261,11 @@ def color_dim(stats, idx: int | str, recorder=None, save: str | Path | None = No
     lo, hi = stats.ranges[i]
     fig = Figure(figsize=(8, 3.6))
     ax = fig.subplots()
+    lrs = [g[0] for g in recorder.hps["lr"]] if recorder is not None else []
     first, last = _batch_span(stats.batches)
+    centred = len(stats.batches) == 1  # one recorded batch: a column centred on it
+    if centred and len(lrs) > stats.batches[0] + 1:  # it stands for the batches to the end
+        first, last, centred = stats.batches[0], len(lrs), False
     im = ax.imshow(np.log1p(hist.T.numpy()), origin="lower", aspect="auto", cmap="viridis",
                    extent=(first, last, lo, hi))
     # room on the right for the learning rate's axis and label between plot and colour bar
@@ -269,16 +273,17 @@ def color_dim(stats, idx: int | str, recorder=None, save: str | Path | None = No
     ax.set_xlabel("batch")
     ax.set_ylabel("activation")
     ax.set_title(f"block {stats.layer_names[i]}: histogram over training", fontsize=10)
-    if recorder is not None and recorder.hps["lr"]:
+    if lrs:
         lr_ax = ax.twinx()
-        lrs = [g[0] for g in recorder.hps["lr"]]
-        # batch k's rate at the middle of its slot, [k, k + 1) in the columns (one column
-        # alone is centred on its batch): the line spans the histogram, however short the run
-        mid = 0.5 if len(stats.batches) > 1 else 0.0
+        # batch k's rate at the middle of its slot, [k, k + 1) in the columns (or on the one
+        # centred column): the line spans the histogram, however short the run
+        mid = 0.0 if centred else 0.5
         lr_ax.plot([k + mid for k in range(len(lrs))], lrs, color="white", linewidth=1.2,
                    alpha=0.8, marker=_dot(lrs))
         lr_ax.set_ylabel("learning rate (white)")
         lr_ax.set_ylim(0, max(lrs) * 1.05)
+        if not centred:  # the last column stands for a record's interval; training may have
+            ax.set_xlim(first, min(last, len(lrs)))  # ended sooner: the view stops there
     fig.tight_layout()
     return save_figure(fig, save)
 

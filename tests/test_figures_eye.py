@@ -49,16 +49,27 @@ def test_every_figure_of_a_run_has_its_data_in_view(runs, name):
         eye_check(fig, f"{name}, {what}")
 
 
-@pytest.mark.parametrize("name", ["one step", "short", "set changed"])
+@pytest.mark.parametrize("name", ["one step", "short", "set changed", "every 4th of 6"])
 def test_color_dim_draws_each_batch_s_learning_rate_over_its_column(runs, name):
     """The learning rate spans the histogram: batch k's rate in the middle of batch k's slot
-    of the columns, the last batch's too (not a batch short of the image's right edge)."""
-    learn = runs[name]
+    of the columns, the last batch's too (not a batch short of the image's right edge), and
+    the view ends with training, not with the interval the last record stands for."""
+    if name == "every 4th of 6":  # records at batches 0 and 4 of 6
+        torch.manual_seed(0)
+        learn = Learner(DataLoaders.from_data(stripes(192, 64), bs=32, seed=0),
+                        simple_cnn(n_classes=4), cbs=[ActivationStats(every=4)],
+                        progress=False)
+        learn.fit_one_cycle(1, 1e-2)
+        assert learn.activation_stats.batches == [0, 4]
+    else:
+        learn = runs[name]
     fig = plots.color_dim(learn.activation_stats, 0, recorder=learn.recorder)
-    image = fig.axes[0].images[0]
-    left, right = image.get_extent()[:2]
-    xs = next(ax for ax in fig.axes if ax.lines).lines[0].get_xdata()
-    assert len(xs) == len(learn.recorder.hps["lr"])  # every batch recorded: slots of 1
+    ax = fig.axes[0]
+    left, right = ax.get_xlim()
+    xs = next(a for a in fig.axes if a.lines).lines[0].get_xdata()
+    n = len(learn.recorder.hps["lr"])
+    assert len(xs) == n and right == pytest.approx(n if n > 1 else 0.5)
+    assert ax.images[0].get_extent()[:2] == pytest.approx([left, 8 if n == 6 else right])
     assert xs[0] == pytest.approx(left + 0.5) and xs[-1] == pytest.approx(right - 0.5)
 
 
