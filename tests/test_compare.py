@@ -190,11 +190,13 @@ def test_a_step_that_fails_is_shown_and_the_others_run(tmp_path, monkeypatch):
                       "6,000 images this step trains, but it needs about 20,000 to come "
                       "within 2 points of the book's accuracy"),
     (0, 20000, 0.8203, "At 20,000 images this step trained, where the book's stayed at chance: "
-                       "a constant learning rate of 0.06 does not kill the ReLUs in every draw"
-                       " of images, and replays stayed at chance as the book's did from about "
+                       "a constant high learning rate does not kill the ReLUs in every draw of "
+                       "images, and replays stayed at chance as the book's did from about "
                        "30,000 images up"),
     (4, 6000, 0.9752, "97.52% test accuracy, where the book printed 99.12% / 99.21%: in line "
                       "with the book."),
+    (1, 2000, 0.0902, "9.02% test accuracy, where the book printed 11.35%: in line with the "
+                      "book."),  # at chance as the book's was
     (3, None, 0.9502, "much lower than the book's, on the same 60,000 images"),
     (3, 30000, 0.9502, "much lower than the book's, though replays of 30,000 images were in "
                        "line with it when measured"),
