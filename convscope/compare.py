@@ -119,10 +119,11 @@ def compare(run_dirs) -> str:
     stats = [r.stats for r in runs]
     layers = list(dict.fromkeys(n for s in stats if s is not None for n in s.layer_names))
     if layers:
-        out += ["<h2>Activations</h2><p>Each layer's color_dim for every run that recorded it, "
-                "on one colour scale and one histogram range: darker means fewer activations "
-                "in every panel.</p>", figs.img(lambda: plots.compare_dead(stats, names),
-                                                "near-zero share per run")]
+        out += ["<h2>Activations</h2><p>Each run's share of activations near zero per block "
+                "over training (a block near 100% is dead); then, block by block, the "
+                "color_dim of every run that recorded it, on one colour scale and one "
+                "histogram range: darker means fewer activations in every panel.</p>",
+                figs.img(lambda: plots.compare_dead(stats, names), "near-zero share per run")]
         for layer in layers:
             have = [n for s, n in zip(stats, names, strict=True)
                     if s is not None and layer in s.layer_names]

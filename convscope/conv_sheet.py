@@ -134,8 +134,10 @@ def write_conv_sheet(path: str | Path, image: Tensor, source: str,
     ks = [kernel(kernels[0]), kernel(kernels[1]), kernel(layer2[0]), kernel(layer2[1])]
     for grid, k, text in ((KERNEL1, ks[0], f"kernel1: {kernels[0]}"),
                           (KERNEL2, ks[1], f"kernel2: {kernels[1]}"),
-                          (KERNEL3, ks[2], f"kernel3 (over conv1): {layer2[0]}"),
-                          (KERNEL4, ks[3], f"kernel4 (over conv2): {layer2[1]}")):
+                          # short enough to show whole before conv3 (conv3's title says
+                          # which layer each reads)
+                          (KERNEL3, ks[2], f"kernel3: {layer2[0]}"),
+                          (KERNEL4, ks[3], f"kernel4: {layer2[1]}")):
         title(grid, text)
         values(grid, k)
     for out, src, k, text in ((CONV1, INPUT, KERNEL1, "conv1 = ReLU(input * kernel1)"),
@@ -151,8 +153,9 @@ def write_conv_sheet(path: str | Path, image: Tensor, source: str,
         for c in range(CONV3.cols):
             ws.cell(*CONV3.cell(r, c), f"=MAX(0,SUMPRODUCT({CONV1.ref(r, c, 3, 3)},{k3})"
                                        f"+SUMPRODUCT({CONV2.ref(r, c, 3, 3)},{k4}))")
+    # the darkest shade light enough for the black numbers on it to read (contrast 4.5:1)
     scale = ColorScaleRule(start_type="min", start_color="FFFFFF", end_type="max",
-                           end_color="1F4E79")
+                           end_color="5B9BD5")
     for name, grid in GRIDS.items():
         ws.conditional_formatting.add(grid.ref(), scale)
         wb.defined_names[name] = DefinedName(name, attr_text=f"{SHEET}!{grid.ref(absolute=True)}")

@@ -261,7 +261,11 @@ def color_dim(stats, idx: int | str, recorder=None, save: str | Path | None = No
     lo, hi = stats.ranges[i]
     fig = Figure(figsize=(8, 3.6))
     ax = fig.subplots()
+    lrs = [g[0] for g in recorder.hps["lr"]] if recorder is not None else []
     first, last = _batch_span(stats.batches)
+    centred = len(stats.batches) == 1  # one recorded batch: a column centred on it
+    if centred and len(lrs) > stats.batches[0] + 1:  # it stands for the batches to the end
+        first, last, centred = stats.batches[0], len(lrs), False
     im = ax.imshow(np.log1p(hist.T.numpy()), origin="lower", aspect="auto", cmap="viridis",
                    extent=(first, last, lo, hi))
     # room on the right for the learning rate's axis and label between plot and colour bar
@@ -269,13 +273,17 @@ def color_dim(stats, idx: int | str, recorder=None, save: str | Path | None = No
     ax.set_xlabel("batch")
     ax.set_ylabel("activation")
     ax.set_title(f"block {stats.layer_names[i]}: histogram over training", fontsize=10)
-    if recorder is not None and recorder.hps["lr"]:
+    if lrs:
         lr_ax = ax.twinx()
-        lrs = [g[0] for g in recorder.hps["lr"]]
-        lr_ax.plot(range(len(lrs)), lrs, color="white", linewidth=1.2, alpha=0.8,
-                   marker=_dot(lrs))
+        # batch k's rate at the middle of its slot, [k, k + 1) in the columns (or on the one
+        # centred column): the line spans the histogram, however short the run
+        mid = 0.0 if centred else 0.5
+        lr_ax.plot([k + mid for k in range(len(lrs))], lrs, color="white", linewidth=1.2,
+                   alpha=0.8, marker=_dot(lrs))
         lr_ax.set_ylabel("learning rate (white)")
         lr_ax.set_ylim(0, max(lrs) * 1.05)
+        if not centred:  # the last column stands for a record's interval; training may have
+            ax.set_xlim(first, min(last, len(lrs)))  # ended sooner: the view stops there
     fig.tight_layout()
     return save_figure(fig, save)
 
@@ -297,9 +305,11 @@ def dead_chart(stats, save: str | Path | None = None) -> Figure:
 
 
 def plot_lr_find(lrs: Sequence[float], losses: Sequence[float], suggestions=None,
-                 save: str | Path | None = None) -> Figure:
+                 save: str | Path | None = None, note: str = "") -> Figure:
     """The lr_find curve: smoothed loss against learning rate (log scale), with the
-    suggested rates marked."""
+    suggested rates marked, and `note` (why a suggestion is missing) as its title."""
+    import textwrap
+
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
     ax.plot(lrs, losses)
@@ -313,6 +323,8 @@ def plot_lr_find(lrs: Sequence[float], losses: Sequence[float], suggestions=None
             if lr is not None:  # no minimum when the loss never turned up
                 ax.axvline(lr, color=colour, linestyle="--", label=f"{name}: {lr:.2g}")
         ax.legend()
+    if note:  # the plot is read alone (a PNG, the report): it says what the line printed
+        ax.set_title(textwrap.fill(note, 70), fontsize=9)
     fig.tight_layout()
     return save_figure(fig, save)
 
@@ -344,7 +356,8 @@ def plot_confusion_matrix(cm: Tensor, classes: Sequence[str],
 def plot_gradient_stats(gstats, save: str | Path | None = None) -> Figure:
     """Per layer over training: the step's size relative to the weights, and the gradient
     norm (log scales)."""
-    fig = Figure(figsize=(12, 3.8))
+    # constrained layout makes room beside the panels for the legend they share
+    fig = Figure(figsize=(12, 3.8), layout="constrained")
     axes = fig.subplots(1, 2)
     for i, name in enumerate(gstats.layer_names):
         for ax, column in zip(axes, ("update_ratio", "grad_norm"), strict=True):
@@ -357,8 +370,9 @@ def plot_gradient_stats(gstats, save: str | Path | None = None) -> Figure:
         ax.set_xlabel("batch")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7, ncol=2, title="layer", title_fontsize=7)
-    fig.tight_layout()
+    # both panels draw the same layers in the same colours: one legend explains both
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize=7,
+               title="layer", title_fontsize=7)
     return save_figure(fig, save)
 
 
@@ -382,13 +396,19 @@ def compare_curves(histories: Sequence, names: Sequence[str],
     """Several runs' curves overlaid on one axis of epochs, one colour and dash per run:
     smoothed train loss with the valid loss at each epoch's end, accuracy per epoch, learning
     rate and momentum."""
-    fig = Figure(figsize=(12, 7))
+    from matplotlib.lines import Line2D
+
+    # constrained layout makes room above the panels for the legend they share
+    fig = Figure(figsize=(12, 7), layout="constrained")
     (loss_ax, acc_ax), (lr_ax, mom_ax) = fig.subplots(2, 2)
     dashes = ["-", "--", "-.", ":"]
     shapes = ["o", "s", "^", "D", "v"]  # a point of one run does not hide another's
     accs: list[float] = []
+    keys = []  # one entry per run, in its colour, dash and marker: every panel draws it so
     for k, (h, name) in enumerate(zip(histories, names, strict=True)):
         colour, dash, shape = f"C{k % 10}", dashes[k % len(dashes)], shapes[k % len(shapes)]
+        keys.append(Line2D([], [], color=colour, ls=dash, marker=shape, markersize=5,
+                           label=name))
         x = in_epochs(h)
         dot = "o" if len(x) < 3 else None  # a run of a batch or two: points, not a line
         loss_ax.plot(x, h.smooth_losses[:len(x)], dash, color=colour, label=name, marker=dot)
@@ -407,6 +427,9 @@ def compare_curves(histories: Sequence, names: Sequence[str],
             ax.plot(x, [g[0] for g in h.hps.get(hp, [])][:len(x)], dash, color=colour,
                     label=name, marker=dot)
     loss_ax.set_yscale("log")
+    peaks = [max(g[0] for g in h.hps["lr"]) for h in histories if h.hps.get("lr")]
+    if peaks and max(peaks) > 10 * min(peaks):  # on a linear axis the lower runs lie flat
+        lr_ax.set_yscale("log")
     if accs:  # the data's range with room, within 0-100: one epoch's point is not a range
         lo, hi = min(accs), max(accs)
         pad = max((hi - lo) * 0.15, 0.5)
@@ -418,8 +441,7 @@ def compare_curves(histories: Sequence, names: Sequence[str],
         ax.set_xlabel("epoch")
         ax.set_xlim(left=0)
         ax.grid(alpha=0.3)
-    loss_ax.legend(fontsize=8)
-    fig.tight_layout()
+    fig.legend(handles=keys, loc="outside upper center", ncol=min(len(keys), 6), fontsize=8)
     return save_figure(fig, save)
 
 
@@ -460,7 +482,8 @@ def compare_dead(stats: Sequence, names: Sequence[str],
                  save: str | Path | None = None) -> Figure:
     """Each run's % near zero per layer over training, one panel per run, one y scale."""
     panels = [(s, n) for s, n in zip(stats, names, strict=True) if s is not None and s.batches]
-    fig = Figure(figsize=(4 * max(len(panels), 1) + 1, 3.4))
+    # constrained layout makes room beside the panels for a legend they share
+    fig = Figure(figsize=(4 * max(len(panels), 1) + 1, 3.4), layout="constrained")
     if not panels:
         return save_figure(fig, save)
     axes = fig.subplots(1, len(panels), squeeze=False, sharey=True)[0]
@@ -476,8 +499,13 @@ def compare_dead(stats: Sequence, names: Sequence[str],
         ax.set_xlabel("batch")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("% near zero")
-    axes[-1].legend(fontsize=7)
-    fig.tight_layout()
+    if all(s.layer_names == panels[0][0].layer_names for s, _ in panels):
+        # the same blocks in the same colours in every panel: one legend explains them all
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper",
+                   fontsize=7)
+    else:  # a colour is a different block from one run to another: a legend on each
+        for ax in axes:
+            ax.legend(fontsize=7)
     return save_figure(fig, save)
 
 

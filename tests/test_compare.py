@@ -6,6 +6,7 @@ import os
 import pytest
 from browser import check_page, find_chromium
 from conftest import cli_error
+from eye import check_drawn_figures, look
 from safetensors.torch import load_file, save_file
 
 from convscope.cli import main
@@ -83,6 +84,32 @@ def test_compare_page_in_a_real_browser(runs, tmp_path, capsys):
     assert "<script" not in page and 'src="http' not in page
 
 
+@needs_browser
+def test_the_compare_page_as_the_eye_reads_it(runs, tmp_path, monkeypatch):
+    """Every figure passes the eye check (tests/eye.py) and names the runs; each block's
+    figure sits under its heading; the tables say what each run recorded."""
+    good, bad, _ = runs
+    drawn = check_drawn_figures(monkeypatch)
+    page = tmp_path / "compare.html"
+    assert main(["compare", str(good), str(bad), "--out", str(page)]) == 0
+    seen = look(page, tmp_path / "compare.png")
+    loaded = load_runs([good, bad])
+    assert len(drawn) == 1 + 1 + 5
+    for text in drawn:  # every figure says which run each panel or line is
+        assert "good" in text and "bad" in text
+    for el in seen["shown"]:
+        if el["alt"].endswith("color_dim side by side"):
+            assert el["heading"] == f"Block {el['alt'].split()[1]}", el
+    text = seen["text"]
+    for run in loaded:
+        name, result = run.path.name, run.result
+        row = next(line for line in text.splitlines() if line.startswith(f"{name}\t"))
+        assert row.split("\t")[2].split(" ")[0] == f"{result.accuracy:.2%}", row
+        assert row.split("\t")[1] == str(len(run.values))
+    assert "batchnorm\tyes\tno" in text and "schedule\tone_cycle\tconstant" in text
+    assert seen["headings"][-2:] == ["good", "bad"]  # each run's diagnosis
+
+
 def test_bad_input_is_one_line_and_exit_2(runs, tmp_path, capsys):
     good, bad, _ = runs
     assert main(["compare", str(good)]) == 2
@@ -120,9 +147,10 @@ def test_chapter_replays_end_to_end_on_a_subset(tmp_path, capsys):
     assert "11.35%" in page and "99.12% / 99.21%" in page  # the book's numbers beside ours
     assert "on 1,000 training images" in page
     # each step says what the book saw and what this run saw, and a subset too small to
-    # show a step's effect says so
+    # show a step's effect says so, and how many images would
     assert page.count("What the book saw:") == page.count("What this run saw:") == 5
-    assert "This replay trained on 1,000 images and the book on all 60,000" in page
+    assert "steps 3, 4, 5 need more to show the book&#x27;s effect" in page
+    assert "it needs about 20,000 images to" in page or "it needs about 20,000 to" in page
     result = check_page(out / "chapter.html", tmp_path / "chapter.png")
     assert result.console_errors == [] and result.broken_images == []
     assert len(result.images) >= 6
@@ -154,6 +182,93 @@ def test_a_step_that_fails_is_shown_and_the_others_run(tmp_path, monkeypatch):
     assert (tmp_path / "ch" / "2-no-bn-bs512" / "report.html").is_file()
 
 
+@pytest.mark.parametrize("step, subset, accuracy, says", [
+    (2, 6000, 0.1135, "At 6,000 images this step stays at chance; it needs about 50,000 images "
+                      "to train as in the book. Run `convscope chapter` without --subset (or "
+                      "with --subset 50000) to see it"),
+    (3, 6000, 0.7945, "79.45% test accuracy, where the book printed 98.64%: much lower. At "
+                      "6,000 images this step trains, but it needs about 20,000 to come "
+                      "within 2 points of the book's accuracy"),
+    (0, 20000, 0.8203, "At 20,000 images this step trained, where the book's stayed at chance: "
+                       "a constant high learning rate does not kill the ReLUs in every draw of "
+                       "images, and replays stayed at chance as the book's did from about "
+                       "30,000 images up"),
+    (4, 6000, 0.9752, "97.52% test accuracy, where the book printed 99.12% / 99.21%: in line "
+                      "with the book."),
+    (1, 2000, 0.0902, "9.02% test accuracy, where the book printed 11.35%: in line with the "
+                      "book."),  # at chance as the book's was
+    (3, None, 0.9502, "much lower than the book's, on the same 60,000 images"),
+    (3, 30000, 0.9502, "much lower than the book's, though replays of 30,000 images were in "
+                       "line with it when measured"),
+])
+def test_a_step_too_small_to_show_the_book_s_effect_says_how_many_images_would(
+        step, subset, accuracy, says):
+    """The measured thresholds (chapter.STEPS' `needs`) in the step's words: what the run
+    saw, and the images the step needs to show what the book's showed."""
+    from pathlib import Path
+
+    from convscope.chapter import STEPS, Outcome, seen
+
+    assert says in seen(Outcome(STEPS[step], Path("x"), accuracy), subset)
+
+
+def test_the_terminal_and_the_page_say_a_step_needs_more_images(tmp_path, monkeypatch,
+                                                                  capsys):
+    """Step 3 on 500 images (one step of 1cycle) stays at chance, as it did on 6,000."""
+    from convscope import chapter
+
+    monkeypatch.setattr(chapter, "STEPS", chapter.STEPS[2:3])
+    page = chapter.run_chapter(tmp_path / "ch", subset=500).read_text()
+    said = "At 500 images this step stays at chance; it needs about 50,000 images to train"
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert line.startswith("  against the book: ") and said in line
+    assert said in page and "much lower than the book&#x27;s: too few images (about 50,000 " \
+        "needed)" in page and "step 3 needs more to show the book&#x27;s effect" in page
+
+
+@needs_browser
+def test_the_chapter_page_as_the_eye_reads_it(runs, tmp_path, monkeypatch):
+    """Every figure passes the eye check (tests/eye.py) and draws the block its step's
+    heading and its alt name; the table and each step's words give the run's accuracy.
+    The page of the chapter's first two steps, drawn from this module's runs (640 images)."""
+    from convscope.chapter import STEPS, Outcome, render
+    from convscope.run_folder import load_run
+
+    outcomes = [Outcome(step, run, load_run(run).result.accuracy)
+                for step, run in zip(STEPS[:2], runs[1::-1], strict=True)]
+    drawn = check_drawn_figures(monkeypatch)
+    page = tmp_path / "chapter.html"
+    page.write_text(render(outcomes, 640))
+    seen = look(page, tmp_path / "chapter.png")
+    images = [el for el in seen["shown"] if el["tag"] == "img"]
+    assert len(images) == len(drawn) == 3  # step 1 draws two blocks, step 2 one
+    for el, text in zip(images, drawn, strict=True):
+        step, _, block = el["alt"].split()[:3]
+        assert el["heading"].startswith(f"{step}: ") and f"block {block}:" in text, (el, text)
+    text = seen["text"]
+    assert "on 640 training images" in text
+    for o in outcomes:
+        accuracy = f"{o.accuracy:.2%}"
+        row = next(line for line in text.splitlines() if line.startswith(f"{o.step.name}\t"))
+        assert row.split("\t")[3] == accuracy, row
+        said = text.split(f"{o.step.name}: {o.step.what}")[1].split("What this run saw: ")[1]
+        assert said.startswith(f"{accuracy} test accuracy, where the book printed 11.35%")
+        assert f"Run folder: {o.run_dir}" in text
+
+
+def test_a_step_s_terminal_lines_sit_under_its_heading(tmp_path, monkeypatch, capsys):
+    """The step's log and its epoch table alike are indented under `step NAME: ...`."""
+    from convscope import chapter
+
+    monkeypatch.setattr(chapter, "STEPS", chapter.STEPS[4:])  # five epochs: a table
+    chapter.run_chapter(tmp_path / "ch", subset=500)
+    heading, *body = capsys.readouterr().out.splitlines()
+    assert heading.startswith("step 5-bn-1cycle-5ep: ")
+    assert [line for line in body if not line.startswith("  ")] == []
+    table = [line.split() for line in body if line.split()[0] in "epoch 0 1 2 3 4".split()]
+    assert [row[0] for row in table] == ["epoch", "0", "1", "2", "3", "4"]
+
+
 def test_curves_line_up_on_epochs_and_the_page_is_html(runs, tmp_path, capsys):
     """Runs of other batch sizes or epoch lengths share one axis of epochs; the accuracy axis
     holds the data (one epoch's point too); a page asked for as .png is refused."""
@@ -174,6 +289,11 @@ def test_curves_line_up_on_epochs_and_the_page_is_html(runs, tmp_path, capsys):
     assert lo <= 96.12 and hi >= 98 and hi <= 100 and lo >= 90
     one = compare_curves([short], ["a"]).axes[1].get_ylim()
     assert one[0] < 96.12 < one[1] and one[0] > 90
+    # a run's learning rates 100x another's: a log axis, or the lower run's lies flat at 0
+    hot = History([1.0] * 6, [1.0] * 6, {"lr": [[10.0]] * 6, "mom": [[0.9]] * 6},
+                  [{"valid_loss": 1.0, "accuracy": 0.5}], epoch_ends=[6])
+    assert compare_curves([short, hot], ["a", "hot"]).axes[2].get_yscale() == "log"
+    assert fig.axes[2].get_yscale() == "linear"
     good, bad, _ = runs
     assert main(["compare", str(good), str(bad), "--out", str(tmp_path / "cmp.png")]) == 2
     assert "expected a .html file, received" in cli_error(capsys.readouterr().err)

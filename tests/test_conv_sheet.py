@@ -2,6 +2,7 @@
 nobody here wrote (LibreOffice, headless)."""
 
 import csv
+import math
 import os
 import shutil
 import subprocess
@@ -63,9 +64,15 @@ def test_cells_are_formulas_and_grids_are_named(sheet):
     assert "Formulas > Trace Precedents" in notes and "Detective > Trace Precedents" in notes
 
 
+@pytest.fixture(scope="module")
+def computed(sheet, tmp_path_factory) -> list[list[str]]:
+    """The sheet's values as LibreOffice computes them, once for the tests that read them."""
+    return recompute(sheet, tmp_path_factory.mktemp("computed"))
+
+
 @needs_office
-def test_libreoffice_computes_what_convscope_and_torch_compute(sheet, tmp_path):
-    rows = recompute(sheet, tmp_path)
+def test_libreoffice_computes_what_convscope_and_torch_compute(computed):
+    rows = computed
     image = grid(rows, INPUT)
     assert torch.allclose(image, mnist().x_train[7, 0].float() / 255, atol=1e-6)
     k1, k2, blur = kernel("top_edge"), kernel("left_edge"), kernel("box_blur")
@@ -78,6 +85,63 @@ def test_libreoffice_computes_what_convscope_and_torch_compute(sheet, tmp_path):
         assert torch.allclose(got, ours[name], atol=1e-4), name
         assert torch.allclose(got, ref, atol=1e-4), name
     assert grid(rows, CONV3).max() > 0.5  # not a sheet of zeros
+
+
+@needs_office
+def test_the_workbook_as_the_eye_reads_it(sheet, computed):
+    """As LibreOffice computes it: no error in any cell, no layer a blank block, every value
+    short enough for its 4.5-character column and readable on its shade, and each grid's
+    title shown whole and naming what the grid holds: the digit (with its label), the
+    kernel, the layers a formula reads."""
+    rows = computed
+    errors = [v for row in rows for v in row if v.startswith(("Err:", "#"))]
+    assert errors == []
+    for name, g in GRIDS.items():
+        values = grid(rows, g)
+        if not name.startswith("kernel"):  # a box blur's weights are one value by right
+            assert values.max() > values.min(), f"{name} is one colour"
+        # a 4.5-character column rounds decimals away, but shows ### for 4 integer digits
+        assert values.abs().max() < 1000, f"{name} has a value too wide for its column"
+    ws = load_workbook(sheet)["conv"]
+    titles = {name: ws.cell(g.row - 1, g.col).value for name, g in GRIDS.items()}
+    label = mnist().classes[int(mnist().y_train[7])]
+    assert titles["input"] == f"input: MNIST training digit 7 (a {label}) (0..1)"
+    for name, kern in (("kernel1", "top_edge"), ("kernel2", "left_edge"), ("kernel3", "box_blur"),
+                       ("kernel4", "box_blur")):
+        assert titles[name].startswith(f"{name}") and titles[name].endswith(f": {kern}")
+        assert torch.allclose(grid(rows, GRIDS[name]), kernel(kern), atol=1e-6), name
+    for name, reads in (("conv1", ("input", "kernel1")), ("conv2", ("input", "kernel2")),
+                        ("conv3", ("conv1", "kernel3", "conv2", "kernel4"))):
+        assert titles[name].startswith(f"{name} = ReLU(") and all(r in titles[name]
+                                                                    for r in reads)
+        # its first cell reads the top-left window of each layer and the whole of each kernel
+        # its title names
+        formula = ws.cell(*GRIDS[name].cell(0, 0)).value
+        for r in reads:
+            ref = (GRIDS[r].ref(absolute=True) if r.startswith("kernel")
+                   else GRIDS[r].ref(0, 0, 3, 3))
+            assert ref in formula, (name, r, formula)
+    # each title shows whole: it runs on over empty cells, up to the next cell that holds
+    # something (4.5 characters a column)
+    for name, g in GRIDS.items():
+        free = next((c for c in range(g.col + 1, ws.max_column + 1)
+                     if ws.cell(g.row - 1, c).value is not None), None)
+        room = 4.5 * (free - g.col) if free is not None else math.inf
+        assert len(titles[name]) <= room, f"{titles[name]!r} cut at {room:g} characters"
+    # the darkest shade of a grid's colour scale still shows the black numbers on it
+    for rule in (r for cf in ws.conditional_formatting for r in cf.rules):
+        for colour in rule.colorScale.color:
+            assert contrast_with_black(colour.rgb) >= 4.5, colour.rgb
+
+
+def contrast_with_black(rgb: str) -> float:
+    """WCAG's contrast ratio of black text on a colour "RRGGBB" (or "AARRGGBB"): 4.5 is the
+    least it asks of body text."""
+    def linear(c: float) -> float:
+        return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (linear(int(rgb[-6:][i:i + 2], 16) / 255) for i in (0, 2, 4))
+    return (0.2126 * r + 0.7152 * g + 0.0722 * b + 0.05) / 0.05
 
 
 @needs_office

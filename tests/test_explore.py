@@ -7,6 +7,7 @@ import os
 import pytest
 from browser import check_page, find_chromium
 from conftest import cli_error
+from eye import look
 
 from convscope.cli import main
 from convscope.conv import receptive_field
@@ -113,6 +114,35 @@ def test_clicking_an_activation_outlines_its_receptive_field(page, tmp_path):
     assert [c.split(":")[0] for c in logits] == [str(d) for d in range(10)]
     shades = {tuple(rgb) for rgb in json.loads(seen["shades"])}
     assert len(shades) > 1 and (0, 0, 0) in shades and (255, 255, 255) in shades
+
+
+@needs_browser
+def test_the_explore_page_as_the_eye_reads_it(page, tmp_path):
+    """Every map shows whole, under a heading that counts and names its maps; the input is
+    the digit the title names; the prediction is the model's."""
+    from convscope.data import mnist
+    from convscope.inference import load_learner
+
+    run, html = page
+    seen = look(html, tmp_path / "explore.png")
+    canvases = [el for el in seen["shown"] if el["tag"] == "canvas"]
+    assert [el["alt"] for el in canvases if el["heading"] == "input"] == ["input image"]
+    assert not canvases[0]["blank"]  # the digit
+    layers = [h for h in seen["headings"] if h.startswith("layer ")]
+    assert len(layers) == 5
+    for heading in layers:  # "layer 1: 16 channels of 7x7 (conv 3x3, stride 2, padding 1)"
+        name, count = heading.split(":")[0], int(heading.split(": ")[1].split(" ")[0])
+        under = [el for el in canvases if el["heading"] == heading]
+        assert [el["alt"].split(":")[0] for el in under] == [f"{name} channel {c}"
+                                                             for c in range(count)], heading
+        assert len({(el["width"], el["height"]) for el in under}) == 1  # one scale a layer
+    data = mnist()
+    label = data.classes[int(data.y_train[5])]
+    assert f"MNIST training digit 5 (a {label})" in seen["headings"][0]
+    said = load_learner(run).predict(data.x_train[5])
+    prediction = next(line for line in seen["text"].splitlines()
+                      if line.startswith("Prediction: "))
+    assert prediction == f"Prediction: {said.label} ({100 * said.probability:.1f}%)"
 
 
 def test_page_is_self_contained(page):

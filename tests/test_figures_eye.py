@@ -1,12 +1,14 @@
 """What the eye checks on every figure the pages draw, for a tiny run (one step), a short
-run, and a run whose training set changed: no empty panel, and every data point inside its
-axes' limits."""
+run, and a run whose training set changed: no empty panel, every data point inside its
+axes' limits, and every named line explained by a legend on its panel or the figure
+(tests/eye.py)."""
 
-import math
+import copy
 
 import pytest
 import torch
 from conftest import stripes
+from eye import eye_check
 
 from convscope import plots
 from convscope.callbacks import ActivationStats, GradientStats, HardExamples
@@ -32,25 +34,6 @@ def runs():
             "set changed": trained(256, 3, hard=0.5)}
 
 
-def eye_check(fig, what: str) -> None:
-    for ax in fig.axes:
-        if not ax.axison:  # an image grid's cell
-            continue
-        # a line through a single point draws nothing: it needs a marker to be seen
-        seen = [line for line in ax.lines if len(line.get_xdata()) > 1
-                or (len(line.get_xdata()) == 1 and line.get_marker() not in (None, "None", ""))]
-        assert seen + ax.images + ax.collections, f"{what}: an empty panel ({ax.get_title()!r})"
-        (x0, x1), (y0, y1) = sorted(ax.get_xlim()), sorted(ax.get_ylim())
-        for line in ax.lines:
-            if line.get_transform() != ax.transData:  # an axvline: x in data, y in the axes
-                continue
-            for x, y in zip(line.get_xdata(), line.get_ydata(), strict=True):
-                if math.isfinite(x) and math.isfinite(y):
-                    assert x0 <= x <= x1 and y0 <= y <= y1, (
-                        f"{what}: ({x}, {y}) outside {ax.get_title()!r}'s "
-                        f"x {x0:.3g}..{x1:.3g}, y {y0:.3g}..{y1:.3g}")
-
-
 @pytest.mark.parametrize("name", ["one step", "short", "set changed"])
 def test_every_figure_of_a_run_has_its_data_in_view(runs, name):
     learn = runs[name]
@@ -66,6 +49,30 @@ def test_every_figure_of_a_run_has_its_data_in_view(runs, name):
         eye_check(fig, f"{name}, {what}")
 
 
+@pytest.mark.parametrize("name", ["one step", "short", "set changed", "every 4th of 6"])
+def test_color_dim_draws_each_batch_s_learning_rate_over_its_column(runs, name):
+    """The learning rate spans the histogram: batch k's rate in the middle of batch k's slot
+    of the columns, the last batch's too (not a batch short of the image's right edge), and
+    the view ends with training, not with the interval the last record stands for."""
+    if name == "every 4th of 6":  # records at batches 0 and 4 of 6
+        torch.manual_seed(0)
+        learn = Learner(DataLoaders.from_data(stripes(192, 64), bs=32, seed=0),
+                        simple_cnn(n_classes=4), cbs=[ActivationStats(every=4)],
+                        progress=False)
+        learn.fit_one_cycle(1, 1e-2)
+        assert learn.activation_stats.batches == [0, 4]
+    else:
+        learn = runs[name]
+    fig = plots.color_dim(learn.activation_stats, 0, recorder=learn.recorder)
+    ax = fig.axes[0]
+    left, right = ax.get_xlim()
+    xs = next(a for a in fig.axes if a.lines).lines[0].get_xdata()
+    n = len(learn.recorder.hps["lr"])
+    assert len(xs) == n and right == pytest.approx(n if n > 1 else 0.5)
+    assert ax.images[0].get_extent()[:2] == pytest.approx([left, 8 if n == 6 else right])
+    assert xs[0] == pytest.approx(left + 0.5) and xs[-1] == pytest.approx(right - 0.5)
+
+
 def test_every_comparison_figure_has_its_data_in_view(runs):
     learners = list(runs.values())
     names = list(runs)
@@ -75,3 +82,9 @@ def test_every_comparison_figure_has_its_data_in_view(runs):
     eye_check(plots.compare_dead(stats, names), "compare near zero")
     for layer in stats[0].layer_names:
         eye_check(plots.compare_color_dim(stats, names, layer), f"compare block {layer}")
+    # runs of other models: a colour is another block in each panel, each panel says which
+    other = copy.copy(stats[1])
+    other.layer_names = [f"head.{name}" for name in other.layer_names]
+    fig = plots.compare_dead([stats[0], other], names[:2])
+    eye_check(fig, "compare near zero, other blocks")
+    assert all(ax.get_legend() is not None for ax in fig.axes) and fig.legends == []

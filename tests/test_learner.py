@@ -280,6 +280,23 @@ def test_one_cycle_matches_torch_one_cycle_lr(opt):
     assert got["lr"][-1][0] == pytest.approx(lr_max / div_final)
 
 
+@pytest.mark.parametrize("n_train, steps", [(16, 1), (48, 3), (96, 6), (128, 8)])
+def test_the_recorded_schedule_says_what_a_fit_of_its_length_did(n_train, steps):
+    """A 1cycle fit too short for a warm-up step starts at lr_max/div and anneals from its
+    second step: its words give the rates it trained at, not a warm-up it did not get."""
+    learn = make_learner(stripes(n_train, 16), bs=16)
+    learn.fit_one_cycle(1, 0.02)
+    words = learn.recorder.meta["callbacks"]["param_scheduler"]
+    lrs = [h[0] for h in learn.recorder.hps["lr"]]
+    assert len(lrs) == steps and words.startswith("1cycle")
+    warmed = max(lrs) == pytest.approx(0.02)  # the peak is reached only after a warm-up
+    assert ("up to 0.02 over the first 25% of the steps" in words) == warmed == (steps >= 8)
+    if not warmed:
+        assert f"a fit of {steps} step" in words
+        assert f"lr {lrs[0]:.3g}" in words and f"{lrs[-1]:.3g}" in words
+        assert steps == 1 or f"{lrs[1]:.3g}" in words
+
+
 def test_one_cycle_rejects_bad_values():
     with pytest.raises(ValueError, match="pct_start must be in"):
         one_cycle_scheduler(0.1, pct_start=0)

@@ -2,11 +2,13 @@ import copy
 import math
 import os
 import random
+import re
 
 import numpy as np
 import pytest
 import torch
 from conftest import stripes
+from eye import check_drawn_figures
 
 from convscope.callbacks.lr_find import suggest_lrs
 from convscope.cli import main
@@ -90,6 +92,28 @@ def test_lr_find_command(tmp_path, capsys):
     assert "suggestions: valley" in capsys.readouterr().out
     assert main(["lr-find", "--start-lr", "1", "--end-lr", "0.1"]) == 2
     assert "--start-lr must be below --end-lr" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("num_it", ["100", "30"])
+def test_the_lr_find_plot_as_the_eye_reads_it(tmp_path, capsys, monkeypatch, num_it):
+    """The plot passes the eye check (tests/eye.py: the curve and every suggestion's line in
+    view, each line in the legend), its legend gives the suggestions the command printed, no
+    more, no fewer, and its title says why one is missing, as the printed line does."""
+    drawn = check_drawn_figures(monkeypatch)
+    out = tmp_path / "lr.png"
+    assert main(["lr-find", "--subset", "512", "--bs", "16", "--num-it", num_it,
+                 "--out", str(out)]) == 0
+    line = capsys.readouterr().out
+    assert len(drawn) == 1 and out.read_bytes()[:4] == b"\x89PNG"
+    printed = dict(re.findall(r"(valley|steep|minimum) ([0-9.e+-]+\d)", line))
+    legend = dict(re.findall(r"(valley|steep|minimum): (\S+)", drawn[0]))
+    assert printed == legend and ("suggestions: " in line) == bool(printed)
+    texts = drawn[0].replace("\n", " ")
+    if num_it == "30":
+        assert "no reliable suggestion: a sweep of 30 steps is too short to trust" in texts
+    assert ("no minimum: the loss was still falling" in texts) == ("Note: the loss was "
+                                                                   "still falling" in line)
+    assert ("no reliable suggestion" in texts) == ("no reliable suggestion" in line)
 
 
 def test_a_sweep_that_never_turns_up_or_is_too_short_suggests_nothing():

@@ -1,9 +1,13 @@
 import os
+import re
+import shutil
 
 import pytest
 from browser import check_page, find_chromium
 from conftest import write_idx_folder
+from eye import check_drawn_figures, look
 
+from convscope import run_folder
 from convscope.cli import main
 from convscope.report import build_report
 from convscope.run_folder import load_run
@@ -103,6 +107,37 @@ def test_report_renders_in_a_real_browser(run_dir):
     assert result.broken_images == []
     assert shot.read_bytes()[:4] == b"\x89PNG" and shot.stat().st_size > 20_000
     print(f"screenshot: {shot}")
+
+
+@needs_browser
+def test_the_report_as_the_eye_reads_it(run_dir, tmp_path, monkeypatch):
+    """Every figure passes the eye check (tests/eye.py), every image shows whole, a heading
+    names what the figures under it draw, and the words say what the run recorded."""
+    run_copy = tmp_path / "run"
+    shutil.copytree(run_dir, run_copy)
+    for name in (run_folder.LOSS_PNG, run_folder.SCHED_PNG):  # drawn again, checked this time
+        (run_copy / name).unlink()
+    drawn = check_drawn_figures(monkeypatch)
+    seen = look(build_report(run_copy), tmp_path / "report.png")
+    run = load_run(run_copy)
+    assert len(drawn) >= 2 * 5 + 5
+    blocks = [h for h in seen["headings"] if h.startswith("Block ")]
+    assert len(blocks) == len(run.stats.layer_names)
+    for el in seen["shown"]:  # "block 1 ..." figures under "Block 1 (layers 1.0-1.2)"
+        if el["alt"].startswith("block "):
+            assert el["heading"].startswith(f"Block {el['alt'].split()[1]} ("), el
+    held = run.history.meta["held_out"]
+    other = {"test": "valid", "valid": "test"}[held]
+    assert f"What the model gets wrong ({held} set)" in seen["headings"]
+    assert [t for t in drawn if f"{other} set" in t] == []
+    text = seen["text"]
+    assert run.result.line(len(run.values)) in text
+    assert f"{run.values[-1]['accuracy']:.2%}" in text.split("Epochs")[1]
+    meta = run.history.meta
+    assert f"{meta['n_train']:,} train, {meta['n_valid']:,} {held}" in text
+    lrs = [g[0] for g in run.history.hps["lr"]]
+    schedule = re.search(r"lr schedule\t(.*)", text).group(1)
+    assert schedule.startswith(f"1cycle: lr {lrs[0]:.3g} up to {max(lrs):g} ")
 
 
 @needs_browser

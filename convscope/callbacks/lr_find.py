@@ -206,10 +206,15 @@ class LRFindResult:
                 f'<img src="data:image/png;base64,{png}" alt="lr_find curve">')
 
     def plot(self, save: str | Path | None = None):
-        """The curve with the suggestions marked; returns the matplotlib Figure."""
+        """The curve with the suggestions marked, titled with why one is missing; returns
+        the matplotlib Figure."""
         from convscope import plots
 
-        return plots.plot_lr_find(self.lrs, self.losses, self.suggestions, save=save)
+        # the first clause of the reason or warning: what is missing and why, in brief
+        note = (f"no reliable suggestion: {self.reason.split(': ')[0]}" if self.reason
+                else f"no minimum: {self.warning.split(': ')[0]}" if self.warning else "")
+        return plots.plot_lr_find(self.lrs, self.losses, self.suggestions, save=save,
+                                  note=note)
 
 
 def lr_find(learn, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100,

@@ -27,14 +27,17 @@ def format_row(values: list[object]) -> str:
 
 
 class ProgressCallback(Callback):
-    """Reached as `learn.progress`. `refresh` is the seconds between loss reads for the bar."""
+    """Reached as `learn.progress`. `refresh` is the seconds between loss reads for the bar;
+    `indent` starts every line printed, so a fit run under a heading (a chapter's step) sits
+    under it."""
 
     order = 60
     run_in_lr_find = False
 
-    def __init__(self, refresh: float = 0.25, file=None) -> None:
+    def __init__(self, refresh: float = 0.25, file=None, indent: str = "") -> None:
         self.refresh = refresh
         self.file = file
+        self.indent = indent
         self._bar = None  # after_fit runs even when another callback's before_fit failed
         self._notebook: NotebookProgress | None = None
 
@@ -60,6 +63,7 @@ class ProgressCallback(Callback):
             self._bar.start()
 
     def _print(self, line: str) -> None:
+        line = self.indent + line
         if self._bar is not None:
             self._bar.console.print(line, highlight=False, markup=False)
         else:
@@ -70,7 +74,7 @@ class ProgressCallback(Callback):
             self._notebook.task(f"{what} {self.learn.epoch}", len(self.learn.dl))
             self._last = time.perf_counter()
         if self._bar is not None:
-            self._task = self._bar.add_task(f"{what} {self.learn.epoch}", info="",
+            self._task = self._bar.add_task(f"{self.indent}{what} {self.learn.epoch}", info="",
                                             total=len(self.learn.dl))
             self._bar.refresh()  # drawn once at least, however fast the host runs the task
             self._last = time.perf_counter()

@@ -68,12 +68,17 @@ class ParamScheduler(Callback):
     order = 10
     run_in_lr_find = False
 
-    def __init__(self, scheds: dict[str, Schedule], description: str = "") -> None:
+    def __init__(self, scheds: dict[str, Schedule],
+                 description: str | Callable[[int | None], str] = "") -> None:
         self.scheds = scheds
-        self.description = description
+        self.description = description  # words, or words for a fit of so many steps
 
     def describe(self) -> str:
-        """The schedule in words, for the report."""
+        """The schedule in words, for the report: as this fit's length makes it run, once
+        the scheduler is attached to a learner."""
+        if callable(self.description):
+            learn = getattr(self, "learn", None)
+            return self.description(learn.total_iters if learn is not None else None)
         return self.description or f"scheduled: {', '.join(self.scheds)}"
 
     def before_batch(self) -> None:
@@ -94,9 +99,31 @@ def one_cycle_scheduler(lr_max: float, div: float = 25.0, div_final: float = 1e5
     if div <= 0 or div_final <= 0:
         raise UsageError(f"div and div_final must be > 0. Received: div={div}, "
                          f"div_final={div_final}.")
-    return ParamScheduler({
-        "lr": one_cycle(lr_max / div, lr_max, lr_max / div_final, pct_start),
-        "mom": one_cycle(*moms, pct_start),
-    }, description=f"1cycle: lr {lr_max / div:.3g} up to {lr_max:g} over the first "
-       f"{pct_start:.0%} of the steps (cosine), then down to {lr_max / div_final:.2g}; "
-       f"momentum {moms[0]:g} -> {moms[1]:g} -> {moms[2]:g}")
+    lr, mom = one_cycle(lr_max / div, lr_max, lr_max / div_final, pct_start), one_cycle(
+        *moms, pct_start)
+
+    def describe(total: int | None) -> str:
+        # a warm-up needs a step between the first (at lr_max/div) and the peak: a shorter fit
+        # starts at lr_max/div and anneals from its second step, so its words are its rates
+        if total is None or pct_start * total >= 2:
+            return (f"1cycle: lr {lr_max / div:.3g} up to {lr_max:g} over the first "
+                    f"{pct_start:.0%} of the steps (cosine), then down to "
+                    f"{lr_max / div_final:.2g}; momentum {moms[0]:g} -> {moms[1]:g} -> "
+                    f"{moms[2]:g}")
+        if total == 1:
+            return (f"1cycle on a fit of 1 step: lr {lr(0, 1):.3g} (1cycle's start, "
+                    f"lr_max/div), momentum {mom(0, 1):g}: too short to warm up or anneal")
+        return (f"1cycle on a fit of {total} steps, too short for its warm-up (the first "
+                f"{pct_start:.0%} of the steps): lr {_steps(lr, total)}; momentum "
+                f"{_steps(mom, total)}")
+
+    return ParamScheduler({"lr": lr, "mom": mom}, description=describe)
+
+
+def _steps(sched: Schedule, total: int) -> str:
+    """A short fit's values of `sched`: each of two or three steps, else the first, the
+    second and the last."""
+    values = [f"{sched(step, total):.3g}" for step in range(total)]
+    if total <= 3:
+        return f"{', '.join(values[:-1])} and {values[-1]} at its {total} steps"
+    return f"{values[0]} at the first step, then {values[1]} to {values[-1]} (cosine)"

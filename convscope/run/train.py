@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from convscope import distributed, run_folder
-from convscope.callbacks import CheckpointCallback, GracefulStop, ValidPreds
+from convscope.callbacks import CheckpointCallback, GracefulStop, ProgressCallback, ValidPreds
 from convscope.config import TrainConfig, resolve_device
 from convscope.distributed import Distributed, same_everywhere
 from convscope.errors import (
@@ -55,7 +55,7 @@ class TrainResult:
 
 
 def run_training(cfg: TrainConfig, log=print, resume: bool = False,
-                 overwrite: bool = False) -> TrainResult:
+                 overwrite: bool = False, indent: str = "") -> TrainResult:
     """Train as `cfg` says and write the run folder; return where, and the run's result.
 
     In a process started by torchrun (several processes), joins the process group, trains
@@ -66,6 +66,8 @@ def run_training(cfg: TrainConfig, log=print, resume: bool = False,
             stopped before its first one); a complete run is left as it is.
         overwrite: a new run may replace the run `cfg.out` holds (its files are deleted
             first); without it such a folder is refused.
+        indent: starts every line the run prints, its log and its epoch table alike, for a
+            run shown under a heading of its caller's.
     Raises:
         UsageError: `cfg.out` holds a run (and neither resume nor overwrite), is in use by
             another process, or cannot be written.
@@ -80,8 +82,10 @@ def run_training(cfg: TrainConfig, log=print, resume: bool = False,
             cfg = dataclasses.replace(cfg, nproc=int(os.environ.get("LOCAL_WORLD_SIZE",
                                                                     info.world_size)))
             distributed.check_same_config(asdict(cfg), ignore=("data", "out", "device"))
+        if indent:
+            log = _indented(log, indent)
         result = _Job(cfg, log if info is None or info.is_main else _silent, resume,
-                      overwrite, info).run()
+                      overwrite, info, indent).run()
     except BaseException as e:
         if info is not None:
             distributed.teardown(ok=False)
@@ -105,6 +109,10 @@ def _silent(*args, **kwargs) -> None:
     pass
 
 
+def _indented(log, indent: str):
+    return lambda *a, **k: log(indent + " ".join(str(x) for x in a))
+
+
 def completed_message(run_dir: Path, epochs: int) -> str:
     """What a `--resume` of a complete run says."""
     return (f"{run_dir} is complete ({epochs} epoch{'s' if epochs != 1 else ''} trained, its "
@@ -125,8 +133,9 @@ class _Job:
     """One call of run_training in one process: its steps, in the order they run. `phase`
     says where a Ctrl-C landed, for its message."""
 
-    def __init__(self, cfg: TrainConfig, log, resume: bool, overwrite: bool, info) -> None:
-        self.cfg, self.log, self.info = cfg, log, info
+    def __init__(self, cfg: TrainConfig, log, resume: bool, overwrite: bool, info,
+                 indent: str = "") -> None:
+        self.cfg, self.log, self.info, self.indent = cfg, log, info, indent
         self.main = info is None or info.is_main
         self.run_dir = Path(cfg.out)
         self.checkpoint = self.run_dir / CHECKPOINT
@@ -208,6 +217,8 @@ class _Job:
     def _learner(self, data):
         learn = make_learner(data, self.cfg, progress=self.main,
                              stats=self.cfg.stats and self.main)
+        if self.main and self.indent:
+            learn.add_cb(ProgressCallback(indent=self.indent))
         if self.info is not None:
             learn.add_cb(Distributed(self.info, sync_bn=self.cfg.sync_bn))
         if self.main:
