@@ -191,12 +191,14 @@ class _Decoded:
 
 def decode_all(files: list[str], size: int, mode: str, skip_bad: bool = False,
                cache: Path | None = None, stream: bool = False,
-               log: Callable[[str], None] | None = None) -> _Decoded:
+               log: Callable[[str], None] | None = None,
+               order: np.ndarray | None = None) -> _Decoded:
     """Decode `files` (a row each, uint8 (C, size, size)), or find them in the cache.
 
     A cached set is returned memory-mapped (nothing read yet). Otherwise every file is
-    decoded on every core into memory (the caller caches it, `cache_later`), or, with
-    `stream`, straight into the cache file, returned memory-mapped.
+    decoded on every core, row j holding file order[j] (default: file order), into memory
+    (the caller caches it, `cache_later`), or, with `stream`, straight into the cache file,
+    returned memory-mapped.
     Raises:
         UsageError: some files are bad and `skip_bad` is False (all are listed).
     """
@@ -219,13 +221,17 @@ def decode_all(files: list[str], size: int, mode: str, skip_bad: bool = False,
                          f"such a set is streamed from its decoded cache, which needs a cache "
                          f"folder. Received: cache=None. Expected a writable cache folder.")
     start = time.monotonic()
+    order = np.arange(len(files)) if order is None else order
+    in_order = [files[i] for i in order]
     with TaskBar(f"decoding {len(files):,} images", len(files)) as bar:
         if stream:
-            decoded = _decode_to_file(files, shape, mode, x_path, bar.update)
+            decoded = _decode_to_file(in_order, shape, mode, x_path, bar.update)
         else:
             x = shared_buffer(shape)
-            decoded = _Decoded(x, [], [], np.arange(len(files)))
-            decoded.failed = decode_into(x, files, size, mode, bar.update)
+            decoded = _Decoded(x, [], [], order)
+            decoded.failed = decode_into(x, in_order, size, mode, bar.update)
+    decoded.rows = order
+    decoded.failed = sorted((int(order[j]), message) for j, message in decoded.failed)
     bad = [f"{files[i]}: {message}" for i, message in decoded.failed]
     if bad and not skip_bad:
         if stream:
@@ -349,12 +355,12 @@ def _read_cache(x_path: Path, meta_path: Path, shape: tuple[int, ...]) -> _Decod
     return _Decoded(x, kept, bad, rows, x_path, x.offset)
 
 
-def _gather_in_place(x: np.ndarray, rows: np.ndarray) -> None:
-    """x[:len(rows)] = x[rows] without a second copy of x: the permutation that `rows`
+def _gather_in_place(x: np.ndarray, source: np.ndarray) -> None:
+    """x[:len(source)] = x[source] without a second copy of x: the permutation that `source`
     begins (the other rows follow it in order) applied cycle by cycle, a row of scratch."""
     n = len(x)
-    rest = np.setdiff1d(np.arange(n), rows, assume_unique=True)
-    perm = np.concatenate([rows, rest]).tolist()
+    rest = np.setdiff1d(np.arange(n), source, assume_unique=True)
+    perm = np.concatenate([source, rest]).tolist()
     if perm == list(range(n)):
         return
     done = bytearray(n)
@@ -481,32 +487,39 @@ def image_folder(path: str | Path, size: int = 28, valid_pct: float = 0.2, seed:
         Path(cache) if cache is not None else None)
     n_bytes = len(files) * (1 if mode == "L" else 3) * size * size
     stream = (n_bytes > available_memory() // 2) if in_memory is None else not in_memory
-    decoded = decode_all(files, size, mode, skip_bad, cache_path, stream, log)
-    kept = np.array(decoded.kept, dtype=np.int64)
-    labels = np.array(labels_t + labels_v, dtype=np.int64)
-    if valid is not None:
-        rows_t, rows_v = kept[kept < len(files_t)], kept[kept >= len(files_t)]
-        split_name = None
-    else:  # one pool of images: hold out a seeded random share as the valid set
-        g = torch.Generator().manual_seed(seed)
+
+    def split(kept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The file indices of the train and the valid images, in the order they are held."""
+        if valid is not None:
+            return kept[kept < len(files_t)], kept[kept >= len(files_t)]
+        g = torch.Generator().manual_seed(seed)  # one pool: hold out a seeded random share
         perm = torch.randperm(len(kept), generator=g).numpy()
         n_valid = int(round(valid_pct * len(perm)))
-        rows_t, rows_v = kept[perm[n_valid:]], kept[perm[:n_valid]]
-        split_name = f"split-{valid_pct:g}-{seed}"
+        return kept[perm[n_valid:]], kept[perm[:n_valid]]
+
+    # decoded straight into split order, as it comes out when no file is bad
+    decoded = decode_all(files, size, mode, skip_bad, cache_path, stream, log,
+                         order=np.concatenate(split(np.arange(len(files)))))
+    rows_t, rows_v = split(np.array(decoded.kept, dtype=np.int64))
+    labels = np.array(labels_t + labels_v, dtype=np.int64)
     if len(rows_t) == 0 or len(rows_v) == 0:
         raise UsageError(f"{root}: after the split, train has {len(rows_t)} and valid "
                          f"{len(rows_v)} images; both need at least one.")
     rows = np.concatenate([rows_t, rows_v])
-    if decoded.in_ram:
-        _gather_in_place(decoded.x, rows)
+    split_name = "kept" if valid is not None else f"split-{valid_pct:g}-{seed}"
+    if np.array_equal(rows, decoded.rows[:len(rows)]) and (decoded.in_ram or stream):
         x = decoded.x[:len(rows)]
-        cache_later(decoded, x, rows, log)
+    elif decoded.in_ram:  # bad files left out: the others close up, in their new split
+        where = np.empty(int(decoded.rows.max()) + 1, dtype=np.int64)
+        where[decoded.rows] = np.arange(len(decoded.rows))
+        _gather_in_place(decoded.x, where[rows])
+        x = decoded.x[:len(rows)]
     elif not stream:
         x = _read_rows(decoded, rows)
-    elif np.array_equal(rows, decoded.rows):
-        x = decoded.x
     else:
-        x = _split_file(decoded, rows, split_name or "kept")
+        x = _split_file(decoded, rows, split_name)
+    if decoded.in_ram:
+        cache_later(decoded, x, rows, log)
     with warnings.catch_warnings():  # a copy-on-write map: torch is told it is writable
         warnings.simplefilter("ignore", UserWarning)
         x_all = torch.from_numpy(x)

@@ -249,9 +249,11 @@ def test_a_decoding_copy_that_dies_leaves_its_share_to_the_parent(tmp_path, monk
 
 @pytest.mark.parametrize("layout", ["split", "flat"])
 def test_cached_and_streamed_sets_equal_a_fresh_decode(tmp_path, layout):
-    root = make_folder(tmp_path / "d", layout=layout, n=6)
+    root = make_folder(tmp_path / "d", layout=layout, n=6, modes=("RGB", "L"))
     (root / ("train/dog" if layout == "split" else "dog") / "bad.png").write_bytes(b"no")
     fresh = image_folder(root, size=8, skip_bad=True, cache=None)
+    for x, y in ((fresh.x_train, fresh.y_train), (fresh.x_valid, fresh.y_valid)):
+        assert torch.equal(x[:, 0, 0, 0].long(), 60 * y)  # each image beside its own label
     lines = []
     first = image_folder(root, size=8, skip_bad=True, cache=tmp_path / "c", log=lines.append)
     again = image_folder(root, size=8, skip_bad=True, cache=tmp_path / "c", log=lines.append)
@@ -271,8 +273,10 @@ def test_a_streamed_set_is_trained_from_the_memory_mapped_cache(tmp_path):
 
     root = make_folder(tmp_path / "d", layout="flat", n=10)
     data = image_folder(root, size=8, cache=tmp_path / "c", in_memory=False, log=None)
-    # the split does not follow file order: a second file holds the set in split order
-    assert sorted(p.name.endswith("-split-0.2-0.npy") for p in (tmp_path / "c").glob("*.npy")) \
+    assert len(list((tmp_path / "c").glob("*.npy"))) == 1  # decoded in its split's order
+    # another split of the same cache: a second file holds the set in that split's order
+    image_folder(root, size=8, seed=1, cache=tmp_path / "c", in_memory=False, log=None)
+    assert sorted(p.name.endswith("-split-0.2-1.npy") for p in (tmp_path / "c").glob("*.npy")) \
         == [False, True]
     storage = data.x_train.untyped_storage()
     assert storage.data_ptr() == data.x_valid.untyped_storage().data_ptr()
