@@ -214,16 +214,25 @@ def test_a_step_too_small_to_show_the_book_s_effect_says_how_many_images_would(
 
 def test_the_terminal_and_the_page_say_a_step_needs_more_images(tmp_path, monkeypatch,
                                                                   capsys):
-    """Step 3 on 500 images (one step of 1cycle) stays at chance, as it did on 6,000."""
+    """Steps 3 and 5 on 500 images: step 3 (one step of 1cycle) stays at chance, as it did
+    on 6,000, and says how many images would train it; each step's log and its epoch table
+    alike are indented under `step NAME: ...`."""
     from convscope import chapter
 
-    monkeypatch.setattr(chapter, "STEPS", chapter.STEPS[2:3])
+    monkeypatch.setattr(chapter, "STEPS", [chapter.STEPS[2], chapter.STEPS[4]])
     page = chapter.run_chapter(tmp_path / "ch", subset=500).read_text()
     said = "At 500 images this step stays at chance; it needs about 50,000 images to train"
-    line = capsys.readouterr().out.splitlines()[-1]
+    out = capsys.readouterr().out
+    step3, step5 = out.split("\nstep 5-bn-1cycle-5ep: ")
+    assert step3.startswith("step 3-no-bn-1cycle: ")
+    line = step3.splitlines()[-1]
     assert line.startswith("  against the book: ") and said in line
     assert said in page and "much lower than the book&#x27;s: too few images (about 50,000 " \
         "needed)" in page and "step 3 needs more to show the book&#x27;s effect" in page
+    body = step5.splitlines()[1:]
+    assert [line for line in body if not line.startswith("  ")] == []
+    table = [line.split() for line in body if line.split()[0] in "epoch 0 1 2 3 4".split()]
+    assert [row[0] for row in table] == ["epoch", "0", "1", "2", "3", "4"]
 
 
 @needs_browser
@@ -254,19 +263,6 @@ def test_the_chapter_page_as_the_eye_reads_it(runs, tmp_path, monkeypatch):
         said = text.split(f"{o.step.name}: {o.step.what}")[1].split("What this run saw: ")[1]
         assert said.startswith(f"{accuracy} test accuracy, where the book printed 11.35%")
         assert f"Run folder: {o.run_dir}" in text
-
-
-def test_a_step_s_terminal_lines_sit_under_its_heading(tmp_path, monkeypatch, capsys):
-    """The step's log and its epoch table alike are indented under `step NAME: ...`."""
-    from convscope import chapter
-
-    monkeypatch.setattr(chapter, "STEPS", chapter.STEPS[4:])  # five epochs: a table
-    chapter.run_chapter(tmp_path / "ch", subset=500)
-    heading, *body = capsys.readouterr().out.splitlines()
-    assert heading.startswith("step 5-bn-1cycle-5ep: ")
-    assert [line for line in body if not line.startswith("  ")] == []
-    table = [line.split() for line in body if line.split()[0] in "epoch 0 1 2 3 4".split()]
-    assert [row[0] for row in table] == ["epoch", "0", "1", "2", "3", "4"]
 
 
 def test_curves_line_up_on_epochs_and_the_page_is_html(runs, tmp_path, capsys):
