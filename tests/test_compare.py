@@ -228,7 +228,7 @@ def test_the_terminal_and_the_page_say_a_step_needs_more_images(tmp_path, monkey
     line = step3.splitlines()[-1]
     assert line.startswith("  against the book: ") and said in line
     assert said in page and "much lower than the book&#x27;s: too few images (about 50,000 " \
-        "needed)" in page and "step 3 needs more to show the book&#x27;s effect" in page
+        "needed)" in page and "steps 3, 5 need more to show the book&#x27;s effect" in page
     body = step5.splitlines()[1:]
     assert [line for line in body if not line.startswith("  ")] == []
     table = [line.split() for line in body if line.split()[0] in "epoch 0 1 2 3 4".split()]
