@@ -14,7 +14,8 @@ own process:
   - one epoch of simple_cnn, fit_one_cycle(1, 0.01), bs 512, for convscope (images in memory)
     and for fastai's ImageDataLoaders.from_folder (which decodes on every epoch).
 The floor reads every file once before its clock starts, and convscope's reads come right
-after it, so all of them read from the page cache: a cold disk is not measured. fastai's peak RSS is its main process only (its loader workers are others).
+after it, so all of them read from the page cache: a cold disk is not measured. fastai's peak
+RSS is its main process only (its loader workers are others).
 
     .venv/bin/python bench/folders.py [--counts 10000 50000 200000] [--sizes 32 64]
         [--formats png jpg] [--root bench/.folders] [--no-fastai]
