@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from convscope.errors import UsageError
-from convscope.files import read_safetensors, read_safetensors_bytes
+from convscope.files import check_format_version, read_safetensors, read_safetensors_bytes
 
 FORMAT = "convscope.checkpoint"
 VERSION = 2  # 2: every callback's state and the world size (1: the Recorder's only)
@@ -160,13 +160,7 @@ def read_checkpoint(path: str | Path, payload: bytes | None = None) -> tuple[dic
                                                "a convscope checkpoint")
     else:
         tensors, meta = read_safetensors(path, FORMAT, "a convscope checkpoint")
-    version = meta.get("version", "0")
-    if not version.isdigit():
-        raise UsageError(f"{path}: checkpoint metadata is corrupt: format version "
-                         f"{version!r}, expected a whole number")
-    if int(version) > VERSION:
-        raise UsageError(f"{path}: checkpoint format version {version} is newer than "
-                         f"this convscope reads ({VERSION}). Upgrade convscope.")
+    check_format_version(meta, VERSION, path, "checkpoint", default="0")
     try:
         parsed = {k: json.loads(meta[k]) for k in ("position", "optimizer", "rng")}
         if "callbacks" in meta:

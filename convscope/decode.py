@@ -29,7 +29,7 @@ import numpy as np
 
 from convscope.data import to_8bit
 from convscope.errors import UsageError
-from convscope.forked import cores
+from convscope.forked import become_copy, cores
 
 # below this many files a fork costs more than it saves
 _FORK_FROM = 256
@@ -98,10 +98,7 @@ def _decode_share(files: Sequence[str | Path], share: Sequence[int], out: np.nda
 def _in_copy(files, share, out, size, mode, counts, slot: int, write_fd: int) -> None:
     code = 1
     try:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        torch = sys.modules.get("torch")
-        if torch is not None:
-            torch.set_num_threads(1)
+        become_copy()
 
         def tick(n: int) -> None:
             counts[slot] = n

@@ -76,3 +76,17 @@ def read_safetensors_bytes(data: bytes, name: str, fmt: str, what: str,
     except Exception as e:  # safetensors raises its own error types for damaged files
         raise UsageError(f"{name}: cannot be read as {what} (truncated or corrupt?): "
                          f"{e}") from None
+
+
+def check_format_version(meta: dict[str, str], newest: int, path: str | Path, what: str,
+                         default: str) -> int:
+    """The format version a safetensors file's metadata names (`default` when it names none),
+    or a UsageError when it is not a whole number or is newer than this convscope reads."""
+    version = meta.get("version", default)
+    if not version.isdigit():
+        raise UsageError(f"{path}: {what} metadata is corrupt: format version {version!r}, "
+                         f"expected a whole number")
+    if int(version) > newest:
+        raise UsageError(f"{path}: {what} format version {version} is newer than this "
+                         f"convscope reads ({newest}); upgrade convscope")
+    return int(version)

@@ -38,14 +38,20 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
+def become_copy() -> None:
+    """What a forked copy does first: leave Ctrl-C to the parent (which stops the copies and
+    handles it) and run torch on one thread (an OpenMP thread pool does not survive fork)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
+
+
 def _in_copy(fn: Callable[[T], R], items: Sequence[T], share: list[int], write_fd: int) -> None:
     """The forked copy's whole life: its share of the jobs, pickled into the pipe."""
     code = 1
     try:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        torch = sys.modules.get("torch")
-        if torch is not None:
-            torch.set_num_threads(1)
+        become_copy()
         payload = pickle.dumps({i: fn(items[i]) for i in share})
         with os.fdopen(write_fd, "wb") as pipe:
             pipe.write(payload)

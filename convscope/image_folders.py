@@ -183,10 +183,19 @@ class _Decoded:
         self.x, self.kept, self.bad, self.rows = x, kept, bad, rows
         self.path, self.offset = path, offset
         self.failed: list[tuple[int, str]] = []  # (file index, message) of a fresh decode
+        self.seconds = 0.0  # a fresh decode's time
+        self.x_path: Path | None = None  # where a fresh decode is to be cached, and its
+        self.meta_path: Path | None = None  # list of rows
 
     @property
     def in_ram(self) -> bool:
         return self.path is None
+
+    def source_rows(self, files: np.ndarray) -> np.ndarray:
+        """The rows of `x` that hold the images of `files` (file indices)."""
+        row_of = np.full(int(self.rows.max()) + 1, -1, dtype=np.int64)
+        row_of[self.rows] = np.arange(len(self.rows))
+        return row_of[files]
 
 
 def decode_all(files: list[str], size: int, mode: str, skip_bad: bool = False,
@@ -426,9 +435,7 @@ def _split_file(decoded: _Decoded, rows: np.ndarray, name: str) -> np.ndarray:
                 return x
         except (OSError, ValueError, EOFError):
             pass
-    where = np.full(len(decoded.rows) and int(decoded.rows.max()) + 1, -1, dtype=np.int64)
-    where[decoded.rows] = np.arange(len(decoded.rows))
-    source = where[rows]
+    source = decoded.source_rows(rows)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
@@ -510,9 +517,7 @@ def image_folder(path: str | Path, size: int = 28, valid_pct: float = 0.2, seed:
     if np.array_equal(rows, decoded.rows[:len(rows)]) and (decoded.in_ram or stream):
         x = decoded.x[:len(rows)]
     elif decoded.in_ram:  # bad files left out: the others close up, in their new split
-        where = np.empty(int(decoded.rows.max()) + 1, dtype=np.int64)
-        where[decoded.rows] = np.arange(len(decoded.rows))
-        _gather_in_place(decoded.x, where[rows])
+        _gather_in_place(decoded.x, decoded.source_rows(rows))
         x = decoded.x[:len(rows)]
     elif not stream:
         x = _read_rows(decoded, rows)

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from convscope.errors import UsageError
-from convscope.files import atomic_write_bytes
+from convscope.files import atomic_write_bytes, check_format_version
 
 FORMAT = "convscope-export"
 VERSION = 1
@@ -180,13 +180,7 @@ def read_export(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
     # run folders written before exports named their format are read as exports too
     state, meta = read_safetensors_bytes(path.read_bytes(), str(path), FORMAT,
                                          "a convscope export", unnamed=True)
-    version = meta.get("version", "1")
-    if not version.isdigit():
-        raise UsageError(f"{path}: export format version {version!r}, expected a whole "
-                         f"number")
-    if int(version) > VERSION:
-        raise UsageError(f"{path}: export format version {version} is newer than this "
-                         f"convscope reads ({VERSION}); upgrade convscope")
+    check_format_version(meta, VERSION, path, "export", default="1")
     try:
         shape = json.loads(meta["input_shape"])
         classes = json.loads(meta["classes"])
