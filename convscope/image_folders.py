@@ -145,7 +145,7 @@ def _probe_mode(files: list[str]) -> str:
 
 def _cache_key(files: list[str], size: int, mode: str, skip_bad: bool) -> str:
     h = hashlib.sha256()
-    # v3: the rows' file indices are recorded (v2 held the good files' rows in file order)
+    # the layout's version: a cache whose rows are laid out otherwise is never read
     h.update(json.dumps({"size": size, "mode": mode, "skip_bad": skip_bad, "v": 3}).encode())
     for f in files:
         st = os.stat(f)
