@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from convscope import allocator
 from convscope.callback import (
     EVENTS,
     Callback,
@@ -232,7 +233,8 @@ class Learner:
             self.n_epoch = n_epoch
             self.train_iter, self._total_iters = 0, None
             self._resume = resume
-            self._with_events(self._do_fit, "fit", CancelFitException)
+            with allocator.kept_memory():
+                self._with_events(self._do_fit, "fit", CancelFitException)
         finally:
             for cb, old in zip(reversed(cbs), reversed(displaced), strict=True):
                 if cb in self.cbs:
