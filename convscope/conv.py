@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from convscope.errors import UsageError
+from convscope.layers import layer_type
 from convscope.trace import not_a_chain, trace
 
 _T = [[-1.0, -1.0, -1.0], [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]
@@ -281,7 +282,7 @@ def receptive_field(model: nn.Module, input_size: tuple[int, int]) -> list[dict]
             size += (k - 1) * d * jump
             start += ((k - 1) * d / 2 - p) * jump
             jump *= s
-        rows.append({"layer": rec["name"], "type": type(m).__name__, "size": size,
+        rows.append({"layer": rec["name"], "type": layer_type(m), "size": size,
                      "jump": jump, "start": start})
     return rows
 

@@ -1,13 +1,13 @@
 """Layers: the conv block of chapter 13 (conv -> batchnorm -> ReLU), Flatten, and
 ScratchBatchNorm2d, batchnorm written from scratch to show what it computes (simple_cnn uses
-batchnorm.FastBatchNorm2d, torch's with a faster CPU path)."""
+fastconv.FastConv2d and batchnorm.FastBatchNorm2d, torch's layers with faster CPU paths)."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
-from convscope import batchnorm
+from convscope import batchnorm, fastconv
 from convscope.errors import UsageError
 
 
@@ -20,7 +20,8 @@ class Flatten(nn.Module):
 
 def conv(ni: int, nf: int, ks: int = 3, stride: int = 2, act: bool = True,
          bn: bool = True) -> nn.Sequential:
-    """A conv block: Conv2d (padding ks//2), then optionally batchnorm (FastBatchNorm2d) and ReLU.
+    """A conv block: Conv2d (FastConv2d, padding ks//2), then optionally batchnorm
+    (FastBatchNorm2d) and ReLU.
 
     The conv has no bias when batchnorm follows, since batchnorm's beta would cancel it.
 
@@ -35,17 +36,28 @@ def conv(ni: int, nf: int, ks: int = 3, stride: int = 2, act: bool = True,
     >>> import torch
     >>> block = conv(1, 8, ks=5)
     >>> [type(m).__name__ for m in block], block(torch.zeros(2, 1, 28, 28)).shape
-    (['Conv2d', 'FastBatchNorm2d', 'ReLU'], torch.Size([2, 8, 14, 14]))
+    (['FastConv2d', 'FastBatchNorm2d', 'ReLU'], torch.Size([2, 8, 14, 14]))
     """
     if ks % 2 != 1:
         raise UsageError(f"Kernel size must be odd so padding ks//2 keeps the grid centred. "
                          f"Received: ks={ks}.")
-    layers: list[nn.Module] = [nn.Conv2d(ni, nf, ks, stride=stride, padding=ks // 2, bias=not bn)]
+    layers: list[nn.Module] = [fastconv.FastConv2d(ni, nf, ks, stride=stride, padding=ks // 2,
+                                                     bias=not bn)]
     if bn:
         layers.append(batchnorm.FastBatchNorm2d(nf))
     if act:
         layers.append(nn.ReLU())
     return nn.Sequential(*layers)
+
+
+def layer_type(module: nn.Module) -> str:
+    """A layer's type as summaries and statistics name it: torch's layer for convscope's faster
+    stand-ins (a FastConv2d is shown as Conv2d and a FastBatchNorm2d as BatchNorm2d, as the
+    book's summaries show them), the class's own name for everything else."""
+    cls = type(module)
+    if cls in (fastconv.FastConv2d, batchnorm.FastBatchNorm2d):
+        return cls.__mro__[1].__name__
+    return cls.__name__
 
 
 class ScratchBatchNorm2d(nn.Module):

@@ -14,6 +14,7 @@ from torch import nn
 
 from convscope.conv import receptive_field
 from convscope.errors import UsageError
+from convscope.layers import layer_type
 from convscope.trace import trace
 
 
@@ -130,7 +131,7 @@ def summary(model: nn.Module, input_shape: tuple[int, ...]) -> Summary:
         trainable = "-" if not params else ("yes" if n_train == n else
                                             "no" if n_train == 0 else "partly")
         rf = fields.get(rec["name"], {"size": None, "jump": None})
-        out.rows.append({"layer": rec["name"], "type": type(m).__name__,
+        out.rows.append({"layer": rec["name"], "type": layer_type(m),
                          "output": rec["out_shape"], "params": n, "trainable_params": n_train,
                          "trainable": trainable,
                          "macs": macs(m, rec["in_shape"], rec["out_shape"]),

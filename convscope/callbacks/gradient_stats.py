@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from convscope.callback import Callback
 from convscope.callbacks.activation_stats import layer_index
 from convscope.errors import UsageError
+from convscope.layers import layer_type
 
 FORMAT = "convscope.gradient_stats/1"
 COLUMNS = ("grad_norm", "weight_norm", "update_ratio")
@@ -65,7 +66,7 @@ class GradientStats(Callback):
         learn = self.learn
         layers = parameter_layers(learn.model)
         self.layer_names = [n for n, _, _ in layers]
-        self.layer_types = [type(m).__name__ for _, m, _ in layers]
+        self.layer_types = [layer_type(m) for _, m, _ in layers]
         self._params = [p for _, _, ps in layers for p in ps]
         device = learn.dls.device
         self._group = torch.tensor([g for g, (_, _, ps) in enumerate(layers) for _ in ps],

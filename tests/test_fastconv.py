@@ -1,0 +1,121 @@
+"""convscope's Conv2d computes what nn.Conv2d does, on each of its paths; training keeps freed
+memory for reuse (allocator.kept_memory)."""
+
+import resource
+
+import pytest
+import torch
+from torch import nn
+
+from convscope import allocator, simple_cnn
+from convscope.fastconv import FastConv2d, path
+from convscope.model_summary import summary
+
+CL = torch.channels_last
+
+
+def run(conv: nn.Module, x: torch.Tensor, grad: torch.Tensor):
+    x = x.detach().clone().requires_grad_()
+    y = conv(x)
+    y.backward(grad)
+    grads = [conv.weight.grad] + ([conv.bias.grad] if conv.bias is not None else [])
+    return [y, x.grad, *grads]
+
+
+@pytest.mark.parametrize("spec,expected", [
+    # (in, out, kernel, stride, padding, bias, input shape N, H, W)
+    ((8, 16, 3, 2, 1, False, (6, 14, 14)), "phase"),  # simple_cnn's second conv
+    ((8, 5, 3, 2, 1, True, (3, 7, 9)), "phase"),  # odd and unequal sides
+    ((3, 4, 3, 2, 1, True, (2, 5, 4)), "phase"),
+    ((16, 8, 3, 2, 1, False, (2, 14, 14)), "torch"),  # 16 channels: oneDNN is faster
+    ((8, 16, 3, 1, 1, False, (2, 14, 14)), "torch"),  # stride 1
+    ((64, 10, 3, 2, 1, False, (5, 2, 2)), "matmul"),  # simple_cnn's last conv: 2x2 -> 1x1
+    ((4, 3, 3, 2, 1, True, (2, 1, 1)), "matmul"),
+    ((2, 3, 5, 4, 2, True, (2, 4, 4)), "matmul"),  # the window is wider than the input
+    ((2, 3, 3, 3, 1, True, (2, 3, 3)), "matmul"),  # the input's last row is never seen
+])
+def test_each_path_matches_nn_conv2d(spec, expected):
+    ci, co, k, s, p, bias, (n, h, w) = spec
+    torch.manual_seed(0)
+    ref = nn.Conv2d(ci, co, k, s, p, bias=bias)
+    ours = FastConv2d(ci, co, k, s, p, bias=bias)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(n, ci, h, w).contiguous(memory_format=CL).requires_grad_()
+    assert path(ours, x) == expected
+    want_out = ref(x)
+    grad = torch.randn_like(want_out)
+    got, want = run(ours, x, grad), run(ref, x, grad)
+    for a, b in zip(got, want, strict=True):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert got[1].is_contiguous(memory_format=CL)  # the input gradient keeps the layout
+
+
+def test_paths_only_where_measured_faster():
+    conv = FastConv2d(8, 16, 3, 2, 1)
+    x = torch.randn(2, 8, 14, 14).contiguous(memory_format=CL)
+    assert path(conv, x) == "torch"  # no gradient wanted for the input: nothing to gain
+    x.requires_grad_()
+    assert path(conv, x) == "phase"
+    with torch.no_grad():
+        assert path(conv, x) == "torch"
+    assert path(conv, x.detach().contiguous().requires_grad_()) == "torch"  # NCHW
+    assert path(conv, x.detach().double().contiguous(memory_format=CL).requires_grad_()) \
+        == "torch"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert path(conv, x) == "torch"
+    assert path(FastConv2d(8, 16, 3, 2, 1, padding_mode="reflect"), x) == "torch"
+    assert path(FastConv2d(8, 16, 3, 2, 1, groups=2), x) == "torch"
+
+
+def test_simple_cnn_uses_it_and_reads_as_the_book():
+    model = simple_cnn()
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 5 and all(type(m) is FastConv2d for m in convs)
+    types = [r["type"] for r in summary(model, (1, 28, 28)).rows]
+    assert types.count("Conv2d") == 5 and types.count("BatchNorm2d") == 5
+    assert not any(t.startswith("Fast") for t in types)
+    # the same training step as torch's layers, to float32 rounding
+    torch.manual_seed(0)
+    ours = simple_cnn().to(memory_format=CL)
+    ref = simple_cnn().to(memory_format=CL)
+    ref.load_state_dict(ours.state_dict())
+    for m in ref.modules():
+        if type(m) is FastConv2d:
+            m.forward = nn.Conv2d.forward.__get__(m)
+    x = torch.randn(16, 1, 28, 28)
+    for model in (ours, ref):
+        nn.functional.cross_entropy(model(x), torch.arange(16) % 10).backward()
+    for a, b in zip(ours.parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5)
+
+
+def _faults_for_fresh_buffers(times: int = 8, mb: int = 8) -> int:
+    """Minor page faults taken while allocating, filling and freeing an mb-MB buffer."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(times):
+        torch.empty(mb << 18).fill_(1.0)  # mb MB of float32
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+@pytest.mark.skipif(not allocator.available(), reason="needs Linux with glibc")
+def test_kept_memory_reuses_freed_buffers_and_gives_them_back():
+    pages = (8 << 20) // resource.getpagesize()
+    with allocator.kept_memory():
+        # the first buffers are faulted in once, until freed ones come back to be reused
+        _faults_for_fresh_buffers(12)
+        with allocator.kept_memory():  # nested: still kept
+            kept = _faults_for_fresh_buffers()
+        # most of 8 fresh 8 MB buffers reuse freed memory (without: each is faulted in anew)
+        assert kept <= 2 * pages, (kept, pages)
+        before = _rss()
+        torch.empty(64 << 18).fill_(1.0)  # 64 MB, freed at once
+        held = _rss() - before
+    given_back = _rss() - before
+    assert held >= 48 << 20, held  # kept in the process for the next batch
+    assert given_back <= 16 << 20, given_back  # returned on leaving the fit
