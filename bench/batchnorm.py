@@ -17,6 +17,7 @@ import statistics
 import time
 
 import torch
+from _layers import median_ms, simple_cnn_inputs  # bench/, the script's own folder
 from torch import nn
 
 from convscope import ChannelsLast, DataLoaders, Learner, mnist, simple_cnn
@@ -35,25 +36,9 @@ def with_torch_batchnorm(model: nn.Module) -> nn.Module:
     return model
 
 
-def median_ms(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
-
 
 def per_layer(bs: int) -> None:
-    model = simple_cnn()
-    shapes, hooks = [], []
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            hooks.append(m.register_forward_hook(
-                lambda mod, inp, out: shapes.append((mod, tuple(inp[0].shape)))))
-    model(torch.zeros(bs, 1, 28, 28))
-    for h in hooks:
-        h.remove()
+    shapes = simple_cnn_inputs(nn.BatchNorm2d, bs)
     print(f"per layer, forward + backward of batchnorm and ReLU, bs {bs}, median ms:")
     for ours, shape in shapes:
         ours.train()

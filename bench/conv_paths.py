@@ -19,6 +19,7 @@ import statistics
 import time
 
 import torch
+from _layers import median_ms, simple_cnn_inputs  # bench/, the script's own folder
 from torch import nn
 
 from convscope import ChannelsLast, DataLoaders, Learner, mnist, simple_cnn
@@ -37,14 +38,6 @@ def with_torch_convs(model: nn.Module) -> nn.Module:
     return model
 
 
-def median_ms(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
-
 
 def side_by_side(runs: dict, rounds: int = 10) -> dict[str, float]:
     for fn in runs.values():  # warm-up
@@ -57,15 +50,7 @@ def side_by_side(runs: dict, rounds: int = 10) -> dict[str, float]:
 
 
 def per_layer(bs: int) -> None:
-    model = simple_cnn()
-    shapes, hooks = [], []
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            hooks.append(m.register_forward_hook(
-                lambda mod, inp, out: shapes.append((mod, tuple(inp[0].shape)))))
-    model(torch.zeros(bs, 1, 28, 28))
-    for h in hooks:
-        h.remove()
+    shapes = simple_cnn_inputs(nn.Conv2d, bs)
     print(f"per layer, forward + backward of the conv, bs {bs}, median ms:")
     for i, (ours, shape) in enumerate(shapes):
         theirs = with_torch_convs(FastConv2d(ours.in_channels, ours.out_channels,

@@ -4,10 +4,10 @@ A training step allocates and frees the same few-megabyte buffers (activations, 
 every batch. glibc's malloc hands buffers over its mmap threshold back to the kernel on free
 and trims the heap's free top, so each batch faults the same memory in again, page by page:
 5,000-9,000 page faults a training step of simple_cnn at batch size 512, and an epoch taking
-1.5-1.8x as long, worse the longer the process has run (bench/allocator.py measures it). `kept_memory()` raises the thresholds
-for the length of a fit, so freed buffers are reused instead, and on leaving gives the free
-memory back (malloc_trim) and resets the thresholds to glibc's defaults. It does nothing
-where the C library is not glibc.
+1.5-1.8x as long, worse the longer the process has run (bench/allocator.py measures it).
+`kept_memory()` raises the thresholds for the length of a fit, so freed buffers are reused
+instead, and on leaving gives the free memory back (malloc_trim) and resets the thresholds to
+glibc's defaults. It does nothing where the C library is not glibc.
 """
 
 from __future__ import annotations

@@ -4,13 +4,14 @@
    channels** (simple_cnn's second conv, 8 -> 16 channels at 14x14). oneDNN computes it as a
    transposed convolution, which for so few channels is slow: 1.3-2.9x the time of the path
    below (bench/conv_paths.py; from 16 channels up oneDNN is the faster, on AVX2 and AVX-512
-   alike).
-   With stride 2, which kernel taps reach an input pixel depends only on the parity of its row
-   and column: an even row is reached by the kernel's middle row from one output row, an odd row
-   by its first and last rows from two. So each of the four parities (phases) is a stride-1
-   convolution of the output gradient with a 1x1, 1x2, 2x1 or 2x2 part of the kernel. All four
-   are computed as one 2x2 convolution whose output channels are the phases (the taps a phase
-   does not use are zero), then interleaved into the input's grid.
+   alike). With stride 2, which kernel taps reach an input pixel depends only on the parity
+   of its row and column: an even row is reached by the kernel's middle row from one output
+   row, an odd row by its first and last rows from two. So each of the four parities (phases)
+   is a stride-1 convolution of the output gradient with a 1x1, 1x2, 2x1 or 2x2 part of the
+   kernel. All four are computed as one 2x2 convolution whose output channels are the phases
+   (the taps a phase does not use are zero), then interleaved into the input's grid. Only for
+   inputs of at least 400,000 values (256 images of simple_cnn's 8x14x14): on smaller
+   batches the few extra operations cost more than they save.
 2. **A convolution whose output is 1x1** (simple_cnn's last, which sees a 2x2 grid on 28x28
    digits): it is a matrix product of each image's flattened input with the part of the kernel
    the input overlaps, forward and backward, which costs a fraction of oneDNN's convolution.
@@ -30,6 +31,9 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 MAX_PHASE_CHANNELS = 8  # from 16 input channels up, oneDNN's input gradient is the faster
+# values in the input: below that the phase path's extra ops cost more than they save (a whole
+# layer 1.1-1.26x oneDNN's at 64-128 images of 8x14x14, 0.79-0.95x at 256-512)
+MIN_PHASE_SIZE = 400_000
 
 # For a 3x3 kernel at stride 2 and padding 1, input row 2m + a (parity a) is reached from output
 # row m + t through kernel row TAP[a][t]: (a=0) row 1 from m; (a=1) row 2 from m, row 0 from m+1.
@@ -123,7 +127,7 @@ def path(conv: nn.Conv2d, x: Tensor) -> str:
     if (h + 2 * ph - kh) // sh == 0 and (w + 2 * pw - kw) // sw == 0 and h >= 1 and w >= 1:
         return "matmul"
     if ((kh, kw, sh, sw, ph, pw) == (3, 3, 2, 2, 1, 1) and x.shape[1] <= MAX_PHASE_CHANNELS
-            and torch.is_grad_enabled() and x.requires_grad
+            and x.numel() >= MIN_PHASE_SIZE and torch.is_grad_enabled() and x.requires_grad
             and x.is_contiguous(memory_format=torch.channels_last)):
         return "phase"
     return "torch"

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from convscope import allocator, simple_cnn
+from convscope import allocator, fastconv, simple_cnn
 from convscope.fastconv import FastConv2d, path
 from convscope.model_summary import summary
 
@@ -34,7 +34,8 @@ def run(conv: nn.Module, x: torch.Tensor, grad: torch.Tensor):
     ((2, 3, 5, 4, 2, True, (2, 4, 4)), "matmul"),  # the window is wider than the input
     ((2, 3, 3, 3, 1, True, (2, 3, 3)), "matmul"),  # the input's last row is never seen
 ])
-def test_each_path_matches_nn_conv2d(spec, expected):
+def test_each_path_matches_nn_conv2d(spec, expected, monkeypatch):
+    monkeypatch.setattr(fastconv, "MIN_PHASE_SIZE", 0)  # small inputs, to keep the test quick
     ci, co, k, s, p, bias, (n, h, w) = spec
     torch.manual_seed(0)
     ref = nn.Conv2d(ci, co, k, s, p, bias=bias)
@@ -53,10 +54,11 @@ def test_each_path_matches_nn_conv2d(spec, expected):
 
 def test_paths_only_where_measured_faster():
     conv = FastConv2d(8, 16, 3, 2, 1)
-    x = torch.randn(2, 8, 14, 14).contiguous(memory_format=CL)
+    x = torch.randn(256, 8, 14, 14).contiguous(memory_format=CL)  # simple_cnn's at bs 256
     assert path(conv, x) == "torch"  # no gradient wanted for the input: nothing to gain
     x.requires_grad_()
     assert path(conv, x) == "phase"
+    assert path(conv, x[:128]) == "torch"  # a smaller batch: oneDNN is the faster
     with torch.no_grad():
         assert path(conv, x) == "torch"
     assert path(conv, x.detach().contiguous().requires_grad_()) == "torch"  # NCHW
