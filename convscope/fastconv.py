@@ -75,13 +75,16 @@ def phase_input_grad(grad_out: Tensor, weight: Tensor, height: int, width: int) 
     n, _, ho, wo = grad_out.shape
     c_in = weight.shape[1]
     phases = F.conv2d(F.pad(grad_out, (0, 1, 0, 1)), phase_weight(weight))  # (N, 4C, Ho, Wo)
-    # channels_last memory of phases is (N, Ho, Wo, a, b, C): rows 2m + a, columns 2j + b
-    grid = (phases.permute(0, 2, 3, 1).reshape(n, ho, wo, 2, 2, c_in)
-            .permute(0, 1, 3, 2, 4, 5).reshape(n, 2 * ho, 2 * wo, c_in))
-    out = torch.empty(n, c_in, height, width, dtype=grad_out.dtype, device=grad_out.device,
-                      memory_format=torch.channels_last)
-    out.permute(0, 2, 3, 1).copy_(grid[:, :height, :width])
-    return out
+    # channels_last memory of phases is (N, Ho, Wo, a, b, C) and that of the (2Ho, 2Wo) grid
+    # (N, Ho, a, Wo, b, C): rows 2m + a, columns 2j + b; one copy interleaves them
+    grid = torch.empty(n, c_in, 2 * ho, 2 * wo, dtype=grad_out.dtype, device=grad_out.device,
+                       memory_format=torch.channels_last)
+    (grid.permute(0, 2, 3, 1).view(n, ho, 2, wo, 2, c_in)
+     .copy_(phases.permute(0, 2, 3, 1).view(n, ho, wo, 2, 2, c_in).permute(0, 1, 3, 2, 4, 5)))
+    if (2 * ho, 2 * wo) == (height, width):
+        return grid
+    # an odd side: the grid has one row or column past the input's
+    return grid[:, :, :height, :width].contiguous(memory_format=torch.channels_last)
 
 
 class _PhaseConv(torch.autograd.Function):
