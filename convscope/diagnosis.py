@@ -448,14 +448,28 @@ def update_problems(gstats, th: Thresholds) -> list[Finding]:
             f"what they learned. Layers: {', '.join(large)}.", "Lower the learning rate.",
             layer=worst, value=large[worst]))
     early, late = max(1, n // 4), n // 2
+    grew = {}  # layer: (median gradient norm early, late)
     for i, name in enumerate(gstats.layer_names):
         g = gstats.series("grad_norm", i)
         a, b = float(g[:early].median()), float(g[late:].median())
         if a > 0 and b > th.grad_growth * a:
+            grew[name] = (a, b)
+    advice = "Lower the learning rate, add batchnorm, or clip gradients."
+    if len(grew) <= 2:
+        for name, (a, b) in grew.items():
             out.append(Finding(
                 "warning", "exploding_gradients", f"Layer {name}'s gradient norm grew "
-                f"{b / a:.0f}x over training ({a:.2g} -> {b:.2g}).", "Lower the learning rate, "
-                "add batchnorm, or clip gradients.", layer=name, value=b / a))
+                f"{b / a:.0f}x over training ({a:.3g} -> {b:.3g}).", advice, layer=name,
+                value=b / a))
+    else:  # one cause, one finding, as for large steps above
+        factor = {name: b / a for name, (a, b) in grew.items()}
+        worst = max(factor, key=factor.get)
+        a, b = grew[worst]
+        out.append(Finding(
+            "warning", "exploding_gradients", f"{len(grew)} layers' gradient norms grew "
+            f"{min(factor.values()):.0f}x to {max(factor.values()):.0f}x over training (most, "
+            f"layer {worst}: {a:.3g} -> {b:.3g}). Layers: {', '.join(grew)}.", advice,
+            layer=worst, value=factor[worst]))
     return out
 
 

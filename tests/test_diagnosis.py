@@ -293,6 +293,32 @@ def test_many_layers_with_large_steps_are_one_finding():
     assert "Layers: 0.0, 1.0, 2.0, 3.0." in many[0].message
 
 
+def test_many_layers_whose_gradients_grew_are_one_finding():
+    """Gradient norms that grew in one or two layers are named one by one; in many layers
+    (one cause: the learning rate) they are one finding naming them all."""
+    from convscope.callbacks.gradient_stats import COLUMNS, GradientStats
+
+    def gstats(growths):
+        g = GradientStats()
+        g.layer_names = [f"{i}.0" for i in range(len(growths))]
+        g.layer_types = ["Conv2d"] * len(growths)
+        g.batches = list(range(8))
+        g.records = torch.ones(len(growths), 8, len(COLUMNS))
+        for i, growth in enumerate(growths):
+            g.records[i, 4:, COLUMNS.index("grad_norm")] = growth  # the later half
+        return g
+
+    two = [f for f in diagnose(gradients=gstats([150, 1, 200, 1])) if
+           f.kind == "exploding_gradients"]
+    assert [(f.layer, round(f.value)) for f in two] == [("0.0", 150), ("2.0", 200)]
+    many = [f for f in diagnose(gradients=gstats([150, 1, 200, 120, 900])) if
+            f.kind == "exploding_gradients"]
+    assert len(many) == 1 and (many[0].layer, round(many[0].value)) == ("4.0", 900)
+    assert many[0].message == ("4 layers' gradient norms grew 120x to 900x over training "
+                               "(most, layer 4.0: 1 -> 900). Layers: 0.0, 2.0, 3.0, 4.0."), \
+        many[0].message
+
+
 def test_a_run_too_short_to_judge_says_so_first():
     """The caveat comes before the judgments it weakens, errors included."""
     values = [{"epoch": 0, "train_loss": 2.3, "valid_loss": 2.3, "accuracy": 0.09}]
