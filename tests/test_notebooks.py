@@ -80,13 +80,21 @@ learn.fit_one_cycle(2, lr_max=1e-2)""",
     "learn.activation_stats.color_dim(1)",
     "learn",
     "learn.lr_find(num_it=20)",
+    # the progress bar of a long task outside training (decoding a folder), shown at once
+    """from convscope.task_bar import TaskBar
+bar = TaskBar("decoding 10 images", 10, delay=0)
+for done in range(1, 6):
+    bar.update(done)""",
+    """with TaskBar("decoding 3 images", 3, delay=0) as done_bar:
+    done_bar.update(3)""",
 ]
 
 
 def test_readme_examples_show_as_a_reader_expects(tmp_path):
-    """A notebook nobody prepared, running README's examples cell by cell (no magic)."""
+    """A notebook nobody prepared, running README's examples cell by cell (no magic), then the
+    progress bar a long task outside training shows."""
     (data, dls, batch, fit, values, loss, summary, diagnosis, colour, learner,
-     lr_find) = execute(README_CELLS, tmp_path)
+     lr_find, task, finished_task) = execute(README_CELLS, tmp_path)
     one_line = data_of(data, "text/plain")[0]
     assert one_line.startswith("ImageData: 2048 train and 512 valid images of 1 x 28 x 28")
     assert "\n" not in one_line and "tensor" not in one_line
@@ -108,3 +116,9 @@ def test_readme_examples_show_as_a_reader_expects(tmp_path):
     assert "callbacks:" in data_of(learner, "text/html")[0]
     found = data_of(lr_find, "text/html")[0]
     assert "swept 20 batches" in found and "data:image/png;base64," in found
+    # a task's bar: one output area updated in place, and gone when the task is done
+    assert [o["output_type"] for o in task] == ["display_data"]
+    bar = data_of(task, "text/html")[0]
+    assert '<progress value="5" max="10"' in bar and "decoding 10 images: 5/10" in bar
+    assert [o["output_type"] for o in finished_task] == ["display_data"]
+    assert data_of(finished_task, "text/html") == [""]
