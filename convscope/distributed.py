@@ -97,6 +97,16 @@ def same_everywhere(value):
     return box[0]
 
 
+def gather(value) -> list:
+    """Every process's `value` (picklable, made by convscope itself), by rank; [value] outside
+    a process group."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [value]
+    every: list = [None] * dist.get_world_size()
+    dist.all_gather_object(every, value)
+    return every
+
+
 def check_same_config(config: dict, ignore: tuple[str, ...] = ()) -> None:
     """Refuse to train when the processes (machines started with their own command lines)
     were given different settings; `ignore` names those that may differ (paths).
@@ -104,11 +114,7 @@ def check_same_config(config: dict, ignore: tuple[str, ...] = ()) -> None:
     Raises:
         UsageError: in every process, naming each setting and its values by rank.
     """
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return
-    mine = {k: v for k, v in config.items() if k not in ignore}
-    every: list[dict] = [{}] * dist.get_world_size()
-    dist.all_gather_object(every, mine)
+    every = gather({k: v for k, v in config.items() if k not in ignore})
     differ = sorted({k for c in every for k in c if c.get(k) != every[0].get(k)})
     if differ:
         detail = "; ".join(f"{k}: " + ", ".join(f"rank {r} {c.get(k)!r}"

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -106,3 +107,60 @@ def test_cli_nproc_2_writes_one_run_folder(tmp_path):
 def test_sync_bn_on_cpu_is_refused(capsys):
     assert main(["train", "--nproc", "2", "--sync-bn"]) == 2
     assert "sync_bn needs --device cuda" in capsys.readouterr().err
+
+
+# Imported by every Python process started with this folder first on PYTHONPATH: in the
+# processes torchrun starts (LOCAL_RANK set), it notes each decode of an image folder.
+DECODE_SPY = """
+import os
+if "LOCAL_RANK" in os.environ:
+    import convscope.image_folders as folders
+    decode = folders.decode_into
+    def noted(*args, **kwargs):
+        with open(os.environ["DECODE_LOG"], "a") as log:
+            log.write(os.environ["RANK"] + "\\n")
+        return decode(*args, **kwargs)
+    folders.decode_into = noted
+"""
+
+
+def _nproc_2_on_a_folder(tmp_path, folder, *extra):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in ("dark", "light"):
+        (folder / c).mkdir(parents=True, exist_ok=True)
+        for i in range(40):
+            pixels = rng.integers(0, 100, (10, 10)) + (150 if c == "light" else 0)
+            Image.fromarray(pixels.astype(np.uint8)).save(folder / c / f"{i}.png")
+    spy = tmp_path / "spy"
+    spy.mkdir()
+    (spy / "sitecustomize.py").write_text(DECODE_SPY)
+    log = tmp_path / "decodes.txt"
+    env = {**os.environ, "DECODE_LOG": str(log),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(spy), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-m", "convscope", "train", "--nproc", "2", "--data",
+                           str(folder), "--size", "10", "--bs", "8", "--epochs", "1",
+                           "--no-stats", "--out", str(tmp_path / "run"), *extra],
+                          capture_output=True, text=True, timeout=300, env=env)
+    return proc, log.read_text().split() if log.exists() else []
+
+
+def test_an_image_folder_is_decoded_by_one_process_per_machine(tmp_path):
+    """The first process decodes and caches the folder; the other reads that cache instead of
+    decoding the same files at the same time."""
+    proc, decodes = _nproc_2_on_a_folder(tmp_path, tmp_path / "tones")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert decodes == ["0"]
+    assert "image cache: decoded 80 images to 10x10" in proc.stdout
+
+
+def test_an_unreadable_file_stops_every_process_with_its_name(tmp_path):
+    folder = tmp_path / "tones"
+    (folder / "dark").mkdir(parents=True)
+    (folder / "dark" / "cut.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # a header, then nothing
+    proc, decodes = _nproc_2_on_a_folder(tmp_path, folder)
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
+    assert "cut.png: cannot be read" in proc.stderr and "--skip-bad" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert decodes == ["0"]  # the second process waited for the first, then stopped

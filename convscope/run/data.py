@@ -5,10 +5,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from convscope import distributed
 from convscope.config import TrainConfig
 from convscope.data import MNIST_FILES, ImageData, idx_folder, missing_idx_files, mnist
 from convscope.errors import UsageError
-from convscope.image_folders import image_folder, is_image_folder, valid_dir
+from convscope.image_folders import (
+    image_folder,
+    is_image_folder,
+    valid_dir,
+    wait_for_cache_writes,
+)
 
 
 def check_data(data: str | None) -> str:
@@ -55,6 +61,29 @@ def load_data(cfg: TrainConfig, log: Callable[[str], None] | None = print) -> Im
         if cfg.valid_pct:
             data = data.split(cfg.valid_pct, seed=cfg.seed)
     return data.subset(cfg.subset, seed=cfg.seed) if cfg.subset else data
+
+
+def load_data_per_machine(cfg: TrainConfig, local_rank: int,
+                          log: Callable[[str], None] | None = print) -> ImageData:
+    """load_data in a process group: an image folder is decoded by one process per machine
+    (local rank 0), which writes its cache, and read from that cache by the others once it is
+    written, not decoded by every process at once. An error of the decoding process (a folder
+    with unreadable files, say) stops every process with its message. Other datasets are
+    read by each process."""
+    if check_data(cfg.data) != "images":
+        return load_data(cfg, log=log)
+    data = error = None
+    if local_rank == 0:
+        try:
+            data = load_data(cfg, log=log)
+            wait_for_cache_writes()
+        except UsageError as e:
+            error = str(e)
+    errors = [e for e in distributed.gather(error) if e is not None]
+    if errors:
+        raise UsageError(errors[0])
+    # from the cache just written (decoded here only where it could not be written)
+    return data if data is not None else load_data(cfg, log=None)
 
 
 def held_out_name(cfg: TrainConfig) -> str:

@@ -40,7 +40,7 @@ from convscope.files import atomic_write_bytes
 from convscope.models import file_sha256
 from convscope.precision import describe
 from convscope.recipes import RECIPES
-from convscope.run.data import held_out_name, load_data
+from convscope.run.data import held_out_name, load_data, load_data_per_machine
 from convscope.run.learner import make_learner
 from convscope.run_folder import CHECKPOINT, CONFIG, quoted
 from convscope.signals import finish_before_stopping
@@ -183,7 +183,10 @@ class _Job:
 
     def _train(self) -> TrainResult:
         cfg, log = self.cfg, self.log
-        data = load_data(cfg, log=log if self.main else None)
+        if self.info is None:
+            data = load_data(cfg, log=log)
+        else:
+            data = load_data_per_machine(cfg, self.info.local_rank, log if self.main else None)
         self.phase = "training"
         recipe = RECIPES[cfg.recipe]
         log(f"recipe: {cfg.recipe}, {recipe.summary}" + _overrides(cfg))
