@@ -268,20 +268,26 @@ def test_advice_fits_the_schedule_the_run_used():
         assert warm in next(f for f in found if f.kind == "nan_loss").suggestion, meta
 
 
+def _gradient_stats(column: str, values: list[float], later_half: bool = False):
+    """GradientStats of Conv2d layers 0.0, 1.0, ... over 8 batches, each 1 everywhere but in
+    `column`, which is that layer's value (in every batch, or the later four only)."""
+    from convscope.callbacks.gradient_stats import COLUMNS, GradientStats
+
+    g = GradientStats()
+    g.layer_names = [f"{i}.0" for i in range(len(values))]
+    g.layer_types = ["Conv2d"] * len(values)
+    g.batches = list(range(8))
+    g.records = torch.ones(len(values), 8, len(COLUMNS))
+    for i, v in enumerate(values):
+        g.records[i, 4 if later_half else 0:, COLUMNS.index(column)] = v
+    return g
+
+
 def test_many_layers_with_large_steps_are_one_finding():
     """A few layers with steps far too large are named one by one; many, as a tiny run at a
     high rate gives, are one finding naming them all, not a wall of warnings."""
-    from convscope.callbacks.gradient_stats import COLUMNS, GradientStats
-
     def gstats(ratios):
-        g = GradientStats()
-        g.layer_names = [f"{i}.0" for i in range(len(ratios))]
-        g.layer_types = ["Conv2d"] * len(ratios)
-        g.batches = list(range(8))
-        g.records = torch.ones(len(ratios), 8, len(COLUMNS))
-        for i, r in enumerate(ratios):
-            g.records[i, :, COLUMNS.index("update_ratio")] = r
-        return g
+        return _gradient_stats("update_ratio", ratios)
 
     two = [f for f in diagnose(gradients=gstats([0.5, 0.3, 1e-3, 1e-3])) if
            f.kind == "large_updates"]
@@ -296,17 +302,8 @@ def test_many_layers_with_large_steps_are_one_finding():
 def test_many_layers_whose_gradients_grew_are_one_finding():
     """Gradient norms that grew in one or two layers are named one by one; in many layers
     (one cause: the learning rate) they are one finding naming them all."""
-    from convscope.callbacks.gradient_stats import COLUMNS, GradientStats
-
     def gstats(growths):
-        g = GradientStats()
-        g.layer_names = [f"{i}.0" for i in range(len(growths))]
-        g.layer_types = ["Conv2d"] * len(growths)
-        g.batches = list(range(8))
-        g.records = torch.ones(len(growths), 8, len(COLUMNS))
-        for i, growth in enumerate(growths):
-            g.records[i, 4:, COLUMNS.index("grad_norm")] = growth  # the later half
-        return g
+        return _gradient_stats("grad_norm", growths, later_half=True)
 
     two = [f for f in diagnose(gradients=gstats([150, 1, 200, 1])) if
            f.kind == "exploding_gradients"]
