@@ -154,7 +154,7 @@ def test_buffers_are_still_reused_after_a_fit():
     # In a fresh process, so that nothing other tests left in the heap decides it. After the
     # fit, a convolution's output is reused from one call to the next, as under glibc's own
     # adjustment of its thresholds; with glibc's starting values set instead, every output
-    # was faulted in anew (about 2,400 faults a call here, each conv 3-6x slower).
+    # would be faulted in anew (about 2,400 faults a call here, each conv 3-6x slower).
     out = subprocess.run([sys.executable, "-c", AFTER_A_FIT], capture_output=True, text=True,
                          check=True)
     one_output = 512 * 8 * 14 * 14 * 4 // resource.getpagesize()
